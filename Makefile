@@ -1,0 +1,32 @@
+# One place for the commands the README, CI and the Dockerfile use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch build pinned for this machine kind (pip finds it on local disk). Any torch>=2.3 works;
+# override e.g. `make TORCH="torch torchvision" install` elsewhere.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= worker,dev,benchmarks
+
+.PHONY: install test lint demo serve
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy app worker
+
+demo: install
+	bash scripts/demo.sh
+
+serve: install
+	$(BIN)/edgetune serve
