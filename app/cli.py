@@ -1,14 +1,432 @@
-"""The `edgetune` command."""
+"""The `edgetune` command.
+
+    edgetune serve                      API + one worker, embedded SQLite by default
+    edgetune worker [--device cuda:0]   a worker on EDGETUNE_DATABASE_URL
+    edgetune db upgrade|downgrade REV|current
+    edgetune recommend SPEC.yaml [--wait] [--json]
+    edgetune jobs list|show ID|cancel ID
+
+`recommend` and `jobs` talk to a running server over HTTP (--url, EDGETUNE_URL, default
+http://127.0.0.1:8000). Settings come from EDGETUNE_* variables (see app/config.py).
+"""
 
 from __future__ import annotations
 
 import argparse
-from importlib.metadata import version
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from app.config import Settings
+from app.db import (
+    DatabaseNotMigrated,
+    current_revision,
+    downgrade,
+    head_revision,
+    make_engine,
+    prepare_database,
+    upgrade,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "cancelled")
+POLL_SECONDS = 0.5
+
+# soft_wrap: long messages and URLs stay on one line (copy-pasteable), whatever the width.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class CliError(Exception):
+    """A failure the user can act on: printed as one message, exit status `code`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _version() -> str:
+    try:
+        return version("edgetune")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("EDGETUNE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Alembic narrates every start-up migration check at INFO; only its problems matter here.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+# --- serve, worker, db: the local side -------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The API and one worker thread in one process; Ctrl-C (or SIGTERM) stops both cleanly."""
+    import uvicorn
+
+    from app.main import create_app
+    from worker.main import run_worker  # torch: only the commands that train import it
+
+    settings = Settings()
+    configure_logging()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    engine = make_engine(settings)
+    try:
+        prepare_database(settings, engine)  # migrate once here, before both sides open it
+    finally:
+        engine.dispose()
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    # uvicorn installs its own handlers while it runs and re-raises the signal once it has shut
+    # down; these catch that re-raise, so the worker is stopped and joined instead of killed.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker = threading.Thread(
+        target=run_worker,
+        kwargs={"settings": settings, "device": args.device, "stop": stop},
+        name="edgetune-worker",
+    )
+    worker.start()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port))
+    try:
+        server.run()
+    finally:
+        stop.set()
+        err.print("stopping the worker (a running job goes back to the queue)…")
+        worker.join()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.main import install_signal_handlers, run_worker
+
+    configure_logging()
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return run_worker(Settings(), device=args.device, once=args.once, stop=stop)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    settings = Settings()
+    where = make_engine(settings)
+    shown = where.url.render_as_string(hide_password=True)
+    try:
+        if args.db_command == "upgrade":
+            upgrade(settings, args.revision)
+        elif args.db_command == "downgrade":
+            downgrade(settings, args.revision)
+        current, head = current_revision(where), head_revision()
+    finally:
+        where.dispose()
+    state = "head" if current == head else f"head is {head}: run `edgetune db upgrade`"
+    out.print(f"{shown}: revision {current or '(none)'} ({state})")
+    return 0
+
+
+# --- recommend, jobs: the HTTP side ----------------------------------------------------------
+
+
+def client(url: str) -> httpx.Client:
+    headers = {"User-Agent": f"edgetune-cli/{_version()}"}
+    api_key = os.environ.get("EDGETUNE_API_KEY")
+    if api_key:
+        headers["X-API-Key"] = api_key
+    return httpx.Client(base_url=url, headers=headers, timeout=30.0)
+
+
+def problem_message(response: httpx.Response) -> str:
+    """An RFC 9457 problem (or any error body) as readable lines."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        text = response.text.strip()[:500]
+        return f"HTTP {response.status_code}: {text or response.reason_phrase}"
+    lines = [f"HTTP {response.status_code} {body.get('title', response.reason_phrase)}"]
+    if body.get("detail"):
+        lines[0] += f": {body['detail']}"
+    for error in body.get("errors") or []:
+        if isinstance(error, dict):
+            lines.append(f"  - {error.get('field', '?')}: {error.get('message', '')}")
+    return "\n".join(lines)
+
+
+def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        response = http.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        raise CliError(
+            f"cannot reach the edgetune server at {http.base_url} ({exc}); "
+            "start it with `edgetune serve` or pass --url",
+            code=2,
+        ) from exc
+    if response.status_code >= 400:
+        raise CliError(problem_message(response))
+    return response.json()
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise CliError(f"{path} is not valid {kind}: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise CliError(f"{path} must hold a mapping (model, dataset, optimizer, budget, ...)")
+    return spec
+
+
+def _eta(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "–"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def follow(http: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:
+    """Poll the job until it ends, showing phase, probes done/total and ETA on stderr."""
+    columns = (
+        TextColumn("[bold]{task.fields[status]:<9}[/] {task.fields[phase]:<12}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("probes {task.fields[probes]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err) as bar:
+        task = bar.add_task(job["id"], total=1.0, status="", phase="", probes="–", eta="–")
+        while True:
+            progress = job.get("progress") or {}
+            bar.update(
+                task,
+                completed=float(progress.get("fraction") or 0.0),
+                status=job["status"],
+                phase=progress.get("phase", ""),
+                probes=f"{progress.get('probes_done', 0)}/{progress.get('probes_total', '?')}",
+                eta=_eta(progress.get("eta_seconds")),
+            )
+            if job["status"] in TERMINAL:
+                return job
+            time.sleep(POLL_SECONDS)
+            job = call(http, "GET", f"/v1/jobs/{job['id']}")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def print_recommendation(result: dict[str, Any]) -> None:
+    hyper = result.get("hyperparameters")
+    if not isinstance(hyper, dict):
+        out.print_json(data=result)
+        return
+    table = Table(title="Recommended hyperparameters", show_header=True)
+    table.add_column("parameter")
+    table.add_column("value", justify="right")
+    for name, value in hyper.items():
+        table.add_row(name, _cell(value))
+    out.print(table)
+    edge = result.get("edge")
+    if isinstance(edge, dict):
+        facts = Table(title="Edge of chaos (predicted)", show_header=False)
+        for name, value in edge.items():
+            if not isinstance(value, list) or len(value) <= 4:  # skip long trajectories
+                facts.add_row(name, _cell(value))
+        out.print(facts)
+    validity = result.get("validity")
+    warnings = validity.get("warnings", []) if isinstance(validity, dict) else []
+    for warning in warnings:
+        out.print(f"[yellow]warning:[/] {warning}")
+    cost = result.get("cost")
+    if isinstance(cost, dict):
+        out.print("cost: " + ", ".join(f"{k}={_cell(v)}" for k, v in cost.items()))
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    spec = load_spec(Path(args.spec))
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    with client(args.url) as http:
+        job = call(http, "POST", "/v1/recommendations", json=spec, headers=headers)
+        if not args.wait:
+            if args.json:
+                out.print_json(data=job)
+            else:
+                out.print(
+                    f"job {job['id']} {job['status']}: follow it with `edgetune jobs show "
+                    f"{job['id']}`"
+                )
+            return 0
+        err.print(f"job {job['id']} submitted to {args.url}")
+        try:
+            job = follow(http, job)
+        except KeyboardInterrupt:
+            err.print(f"stopped following; the job goes on (`edgetune jobs cancel {job['id']}`)")
+            return 130
+        if job["status"] != "succeeded":
+            raise CliError(f"job {job['id']} {job['status']}: {job.get('error') or 'no error'}")
+        result = call(http, "GET", f"/v1/jobs/{job['id']}/recommendation")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_recommendation(result)
+    return 0
+
+
+def print_job(job: dict[str, Any]) -> None:
+    progress = job.get("progress") or {}
+    table = Table(title=f"job {job['id']}", show_header=False)
+    for name in ("status", "attempts", "created_at", "started_at", "finished_at", "error"):
+        table.add_row(name, _cell(job.get(name)))
+    table.add_row("phase", _cell(progress.get("phase")))
+    table.add_row("probes", f"{progress.get('probes_done', 0)}/{progress.get('probes_total', 0)}")
+    table.add_row("fraction", _cell(progress.get("fraction")))
+    table.add_row("eta", _eta(progress.get("eta_seconds")))
+    out.print(table)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with client(args.url) as http:
+        if args.jobs_command == "list":
+            params: dict[str, Any] = {"page_size": args.page_size}
+            if args.status:
+                params["status"] = args.status
+            if args.page_token:
+                params["page_token"] = args.page_token
+            page = call(http, "GET", "/v1/jobs", params=params)
+            if args.json:
+                out.print_json(data=page)
+                return 0
+            table = Table("id", "status", "phase", "done", "created")
+            for job in page["jobs"]:
+                progress = job.get("progress") or {}
+                table.add_row(
+                    job["id"],
+                    job["status"],
+                    str(progress.get("phase", "")),
+                    f"{float(progress.get('fraction') or 0):.0%}",
+                    str(job.get("created_at", "")),
+                )
+            out.print(table)
+            if page.get("next_page_token"):
+                out.print(f"more: --page-token {page['next_page_token']}")
+            return 0
+        path = f"/v1/jobs/{args.id}" + ("/cancel" if args.jobs_command == "cancel" else "")
+        job = call(http, "POST" if args.jobs_command == "cancel" else "GET", path)
+    if args.json:
+        out.print_json(data=job)
+    else:
+        print_job(job)
+    return 0
+
+
+# --- argument parsing ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API and one worker (embedded default)")
+    serve.add_argument("--host", help="bind address (default EDGETUNE_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default EDGETUNE_PORT or 8000)")
+    serve.add_argument("--device", help="the worker's torch device (default: cuda if present)")
+    serve.set_defaults(handler=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run a worker: claim and run queued jobs")
+    worker.add_argument("--device", help="torch device, e.g. cuda:0 (default: cuda if present)")
+    worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    worker.set_defaults(handler=cmd_worker)
+
+    db = commands.add_parser("db", help="database schema (Alembic migrations)")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_upgrade = db_commands.add_parser("upgrade", help="migrate to the newest schema")
+    db_upgrade.add_argument("revision", nargs="?", default="head")
+    db_downgrade = db_commands.add_parser("downgrade", help="migrate back to REV (base = empty)")
+    db_downgrade.add_argument("revision")
+    db_commands.add_parser("current", help="show the database's revision")
+    db.set_defaults(handler=cmd_db)
+
+    url = argparse.ArgumentParser(add_help=False)
+    url.add_argument(
+        "--url",
+        default=os.environ.get("EDGETUNE_URL", DEFAULT_URL),
+        help="server URL (default EDGETUNE_URL or %(default)s)",
+    )
+    url.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    recommend = commands.add_parser(
+        "recommend", parents=[url], help="submit a spec (YAML or JSON) and print the result"
+    )
+    recommend.add_argument("spec", help="path to the spec file")
+    recommend.add_argument("--wait", action="store_true", help="follow progress until done")
+    recommend.add_argument("--idempotency-key", help="resubmitting with this key returns the job")
+    recommend.set_defaults(handler=cmd_recommend)
+
+    jobs = commands.add_parser("jobs", help="list, show or cancel jobs")
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    listing = job_commands.add_parser("list", parents=[url], help="newest jobs first")
+    listing.add_argument(
+        "--status", choices=["queued", "running", "succeeded", "failed", "cancelled"]
+    )
+    listing.add_argument("--page-size", type=int, default=20)
+    listing.add_argument("--page-token", help="next_page_token of the previous page")
+    for name in ("show", "cancel"):
+        sub = job_commands.add_parser(name, parents=[url], help=f"{name} one job")
+        sub.add_argument("id")
+    jobs.set_defaults(handler=cmd_jobs)
+    return parser
+
+
+def fail(message: str, code: int) -> NoReturn:
+    # Text, not markup: a server's message may contain [brackets].
+    err.print(Text.assemble(("error: ", "bold red"), message))
+    raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgetune", description=__doc__)
-    parser.add_argument("--version", action="version", version=version("edgetune"))
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except CliError as exc:
+        fail(str(exc), exc.code)
+    except DatabaseNotMigrated as exc:
+        fail(str(exc), 1)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

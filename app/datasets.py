@@ -47,7 +47,7 @@ def resolve_dataset_path(spec: DatasetSpec, data_roots: list[Path]) -> Path | No
         given = Path(spec.path)
         candidates = [given] if given.is_absolute() else [root / given for root in roots]
     resolved = [c.resolve() for c in candidates]
-    inside = [p for p in resolved if any(p == r or p.is_relative_to(r) for r in roots)]
+    inside = [p for p in resolved if is_inside_roots(p, roots)]
     if not inside:
         raise DatasetPathError(
             f"dataset.path {spec.path!r} lies outside the data roots "
@@ -57,6 +57,12 @@ def resolve_dataset_path(spec: DatasetSpec, data_roots: list[Path]) -> Path | No
         if p.exists():
             return p
     return inside[0]
+
+
+def is_inside_roots(path: Path, data_roots: list[Path]) -> bool:
+    """Whether `path`, symlinks resolved, lies inside one of the data roots."""
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(root.resolve()) for root in data_roots)
 
 
 def missing_files(spec: DatasetSpec, path: Path) -> list[Path]:

@@ -7,7 +7,8 @@ or unpickled. Every model forbids unknown fields so a typo is an error that name
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -132,3 +133,85 @@ class RecommendationSpec(Strict):
         if not math.isfinite(self.budget.epochs * self.budget.probe_fraction):
             raise ValueError("budget.epochs × budget.probe_fraction must be finite")
         return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses of the HTTP API (app/routes.py). Built from ORM rows by app/service.py.
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Progress(BaseModel):
+    """How far a job has come; the worker writes it with every heartbeat."""
+
+    phase: str = "queued"
+    probes_done: int = 0
+    probes_total: int = 0
+    fraction: float = 0.0
+    eta_seconds: float | None = None
+
+
+class JobLinks(BaseModel):
+    self: str
+    recommendation: str
+    probes: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    progress: Progress
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    spec: dict[str, Any]
+    links: JobLinks
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    # Pass as page_token for the next page; null on the last page.
+    next_page_token: str | None
+
+
+class ProbeOut(BaseModel):
+    key: str
+    config: dict[str, Any]
+    outcome: str
+    seconds: float
+    created_at: datetime
+    # The measurement time series (step, epoch, per-layer order parameters, loss, accuracy), as the
+    # probe engine recorded it.
+    records: list[dict[str, Any]]
+    # The rest of the probe's stored result (summary numbers), without `records`.
+    summary: dict[str, Any]
+
+
+class ProbeList(BaseModel):
+    job_id: str
+    probes: list[ProbeOut]
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error response."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]

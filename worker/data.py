@@ -8,6 +8,7 @@ Nothing here downloads.
 from __future__ import annotations
 
 import gzip
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.datasets import DatasetPathError, missing_files, resolve_dataset_path
+from app.datasets import DatasetPathError, is_inside_roots, missing_files, resolve_dataset_path
 from app.schemas import DatasetSpec
 
 # Splits for datasets that ship without their own test split are carved with this fixed seed, so
@@ -53,13 +54,21 @@ class Dataset:
         )
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (optionally gzipped) as a numpy array of its declared shape."""
+def read_idx(path: Path, ndim: int | None = None) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a numpy array of its declared shape.
+
+    With `ndim`, a file of another rank (images and labels swapped, say) is refused.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DatasetPathError(f"{path} cannot be read: {exc}") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DatasetPathError(f"{path} is not an unsigned-byte IDX file")
+    if ndim is not None and raw[3] != ndim:
+        raise DatasetPathError(f"{path} has {raw[3]} dimensions, expected {ndim}")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
@@ -69,13 +78,23 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def _idx_dataset(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _confined(path: Path, data_roots: list[Path]) -> Path:
+    """`path` itself, refused if a symlink takes it outside the data roots."""
+    if not is_inside_roots(path, data_roots):
+        raise DatasetPathError(f"{path} points outside the data roots")
+    return path
+
+
+def _idx_dataset(
+    folder: Path, data_roots: list[Path]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     def images(stem: str) -> np.ndarray:
         # Pixels / 255, no mean subtraction: the paper's preprocessing.
-        return read_idx(folder / stem)[:, None, :, :].astype(np.float32) / 255.0
+        raw = read_idx(_confined(folder / stem, data_roots), ndim=3)
+        return raw[:, None, :, :].astype(np.float32) / 255.0
 
     def labels(stem: str) -> np.ndarray:
-        return read_idx(folder / stem).astype(np.int64)
+        return read_idx(_confined(folder / stem, data_roots), ndim=1).astype(np.int64)
 
     return (
         images("train-images-idx3-ubyte.gz"),
@@ -114,25 +133,70 @@ def _synthetic(spec: DatasetSpec, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    # allow_pickle=False: an npz with object arrays is refused, never unpickled.
-    with np.load(path, allow_pickle=False) as z:
-        if "x" not in z or "y" not in z:
-            raise DatasetPathError(f"{path} must hold arrays 'x' and 'y' (found {sorted(z.files)})")
-        x = np.asarray(z["x"], dtype=np.float32)
-        y = np.asarray(z["y"]).astype(np.int64)
-        if "x_test" in z and "y_test" in z:
-            return (
-                x,
-                y,
-                np.asarray(z["x_test"], np.float32),
-                np.asarray(z["y_test"]).astype(np.int64),
+    """Arrays `x`, `y` (and optionally `x_test`, `y_test`) of an .npz file, checked.
+
+    x is used as it is (cast to float32, no rescaling): (n, features) or (n, C, H, W).
+    """
+    try:
+        # allow_pickle=False: an npz with object arrays is refused, never unpickled.
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DatasetPathError(f"{path} is a single .npy array, not an .npz archive")
+        with loaded as z:
+            if "x" not in z or "y" not in z:
+                raise DatasetPathError(
+                    f"{path} must hold arrays 'x' and 'y' (found {sorted(z.files)})"
+                )
+            arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test") if k in z}
+    except DatasetPathError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # Object arrays (allow_pickle=False), a pickle, a truncated or non-zip file.
+        raise DatasetPathError(f"{path} is not a readable .npz of plain arrays: {exc}") from exc
+    x, y = _features(arrays["x"], path, "x"), _labels(arrays["y"], path, "y")
+    if "x_test" in arrays and "y_test" in arrays:
+        x_test = _features(arrays["x_test"], path, "x_test")
+        y_test = _labels(arrays["y_test"], path, "y_test")
+        if x_test.shape[1:] != x.shape[1:]:
+            raise DatasetPathError(
+                f"{path}: x_test examples have shape {x_test.shape[1:]}, x has {x.shape[1:]}"
             )
+        return x, y, x_test, y_test
     return x, y, None, None
 
 
-def _image_folder(path: Path, size: int | None) -> tuple[np.ndarray, ...]:
-    """`path/train/<class>/*.png` (and optionally `path/test/<class>/*`), class = folder name."""
-    from PIL import Image  # pillow comes with torchvision
+def _features(raw: np.ndarray, path: Path, name: str) -> np.ndarray:
+    if raw.ndim < 2 or not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
+        raise DatasetPathError(
+            f"{path}: '{name}' must be a numeric array of shape (n, ...), "
+            f"not {raw.dtype} {raw.shape}"
+        )
+    x = raw.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DatasetPathError(f"{path}: '{name}' holds NaN or infinite values")
+    return x
+
+
+def _labels(raw: np.ndarray, path: Path, name: str) -> np.ndarray:
+    """Class indices 0…C−1 as int64; one-hot, fractional or negative labels are refused."""
+    if raw.ndim != 1 or not np.issubdtype(raw.dtype, np.number):
+        raise DatasetPathError(
+            f"{path}: '{name}' must be a 1-D array of class indices, not {raw.dtype} {raw.shape}"
+        )
+    with np.errstate(invalid="ignore"):
+        y = raw.astype(np.int64)
+    if not np.array_equal(y, raw) or (y < 0).any():
+        raise DatasetPathError(f"{path}: '{name}' must hold non-negative integer class indices")
+    return y
+
+
+def _image_folder(path: Path, size: int | None, data_roots: list[Path]) -> tuple[np.ndarray, ...]:
+    """`path/train/<class>/*.png` (and optionally `path/test/<class>/*`), class = folder name.
+
+    Without `image_size` images are read as grey and must all have one size; with it they are
+    resized and read as RGB.
+    """
+    from PIL import Image, UnidentifiedImageError  # pillow comes with torchvision
 
     classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
     if len(classes) < 2:
@@ -144,7 +208,11 @@ def _image_folder(path: Path, size: int | None) -> tuple[np.ndarray, ...]:
             for f in sorted((split / cls).glob("*")):
                 if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp"):
                     continue
-                img = Image.open(f).convert("L" if size is None else "RGB")
+                try:
+                    with Image.open(_confined(f, data_roots)) as raw:
+                        img = raw.convert("L" if size is None else "RGB")
+                except (UnidentifiedImageError, OSError) as exc:
+                    raise DatasetPathError(f"{f} is not a readable image: {exc}") from exc
                 if size is not None:
                     img = img.resize((size, size))
                 arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -152,6 +220,11 @@ def _image_folder(path: Path, size: int | None) -> tuple[np.ndarray, ...]:
                 ys.append(label)
         if not xs:
             raise DatasetPathError(f"no images under {split}")
+        shapes = {x.shape for x in xs}
+        if len(shapes) > 1:
+            raise DatasetPathError(
+                f"images under {split} differ in size {sorted(shapes)[:3]}; set dataset.image_size"
+            )
         return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
     x, y = load(path / "train")
@@ -162,7 +235,11 @@ def _image_folder(path: Path, size: int | None) -> tuple[np.ndarray, ...]:
 
 
 def load_dataset(spec: DatasetSpec, data_roots: list[Path], seed: int = 0) -> Dataset:
-    """Load and split a dataset on the CPU. Raises DatasetPathError naming missing files."""
+    """Load and split a dataset on the CPU. Raises DatasetPathError naming missing files.
+
+    The data and every split are a function of the spec alone (fixed SPLIT_SEED, synthetic data
+    included): `seed` does not change them, so probes with different seeds see the same data.
+    """
     path = resolve_dataset_path(spec, data_roots)
     if path is not None:
         missing = missing_files(spec, path)
@@ -175,7 +252,7 @@ def load_dataset(spec: DatasetSpec, data_roots: list[Path], seed: int = 0) -> Da
     y_test: np.ndarray | None
     if spec.name in ("fashion-mnist", "mnist"):
         assert path is not None
-        x, y, x_test, y_test = _idx_dataset(spec.name, path)
+        x, y, x_test, y_test = _idx_dataset(path, data_roots)
     elif spec.name == "digits":
         x, y = _digits()
         x, y, x_test, y_test = _carve(x, y, 0.2)
@@ -185,11 +262,13 @@ def load_dataset(spec: DatasetSpec, data_roots: list[Path], seed: int = 0) -> Da
     elif spec.name == "npz":
         assert path is not None
         x, y, x_test, y_test = _npz(path)
+        if len(x) != len(y):
+            raise DatasetPathError(f"{path}: x has {len(x)} examples, y has {len(y)}")
         if x_test is None or y_test is None:
             x, y, x_test, y_test = _carve(x, y, 0.2)
     else:
         assert path is not None
-        parts = _image_folder(path, spec.image_size)
+        parts = _image_folder(path, spec.image_size, data_roots)
         if len(parts) == 4:
             x, y, x_test, y_test = parts
         else:
@@ -201,7 +280,7 @@ def load_dataset(spec: DatasetSpec, data_roots: list[Path], seed: int = 0) -> Da
         x_train, y_train = x_train[: spec.max_train_samples], y_train[: spec.max_train_samples]
     if len(x_train) == 0:
         raise DatasetPathError(f"dataset {spec.name!r} has no training examples after the split")
-    num_classes = int(max(y.max(), y_test.max())) + 1
+    num_classes = int(max(y.max(), y_test.max(initial=0))) + 1
     return Dataset(
         name=spec.name,
         x_train=torch.from_numpy(np.ascontiguousarray(x_train)),

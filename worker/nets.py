@@ -75,6 +75,22 @@ def activation_derivative(name: str, h: Tensor) -> Tensor:
     raise ValueError(f"unknown activation {name!r}")
 
 
+def _conv_keeps_size(conv: nn.Conv2d) -> bool:
+    """Whether the conv maps an H×W map to H×W: stride 1 and padding = dilation·(k−1)/2.
+
+    An even kernel with padding k//2 grows the map by one each step, so it cannot be iterated.
+    """
+    if conv.stride != (1, 1):
+        return False
+    padding = conv.padding
+    if isinstance(padding, str):  # "same" or "valid" (no padding)
+        return padding == "same" or conv.kernel_size == (1, 1)
+    return all(
+        2 * int(p) == d * (k - 1)
+        for p, d, k in zip(padding, conv.dilation, conv.kernel_size, strict=True)
+    )
+
+
 class EdgeNet(nn.Module):
     """Hidden layers (conv blocks, then dense) → read-out; every hidden layer is W·x (+b) → φ."""
 
@@ -132,7 +148,7 @@ class EdgeNet(nn.Module):
                         fan_out=layer.out_channels,
                         activation=self.activation,
                         square=layer.in_channels == layer.out_channels
-                        and layer.stride == (1, 1)
+                        and _conv_keeps_size(layer)
                         and self.pools[i] == 1,
                     )
                 )
@@ -269,7 +285,7 @@ class TorchvisionNet(nn.Module):
                         fan_in,
                         m.out_channels,
                         None,
-                        m.in_channels == m.out_channels and m.stride == (1, 1),
+                        m.in_channels == m.out_channels and _conv_keeps_size(m),
                     )
                 )
             else:
@@ -286,6 +302,9 @@ class TorchvisionNet(nn.Module):
                     )
                 )
         return infos
+
+
+_AUX_LOGIT_MODELS = ("googlenet", "inception_v3")
 
 
 def torchvision_classifiers() -> list[str]:
@@ -310,11 +329,32 @@ def _build_torchvision(
         raise SpecError(
             "model.type", f"torchvision models need 1- or 3-channel images, not {input_shape}"
         )
+    # GoogLeNet and Inception v3 return (logits, aux logits…) in training mode unless their
+    # auxiliary heads are off; the probes need plain logits, and the heads are not the model.
+    # init_weights=True is their current default, stated to silence a FutureWarning.
+    extra = {"aux_logits": False, "init_weights": True} if spec.name in _AUX_LOGIT_MODELS else {}
     try:
-        net = torchvision.models.get_model(spec.name, weights=None, num_classes=num_classes)
+        net = torchvision.models.get_model(
+            spec.name, weights=None, num_classes=num_classes, **extra
+        )
     except (TypeError, ValueError) as exc:
         raise SpecError("model.name", f"cannot build {spec.name!r}: {exc}") from exc
-    return TorchvisionNet(net, input_shape[0])
+    model = TorchvisionNet(net, input_shape[0])
+    # Many torchvision models cannot take small images (VGG and AlexNet pool the map away, ViT
+    # wants exactly 224×224). One eval-mode forward of a single example finds out here, as a
+    # spec error, instead of as a crash in the middle of a probe. Eval mode draws no random
+    # numbers and leaves batch-norm statistics alone, so the built model is unchanged.
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape)))
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        raise SpecError(
+            "model.name", f"{spec.name!r} cannot take input of shape {input_shape}: {exc}"
+        ) from exc
+    finally:
+        model.train()
+    return model
 
 
 def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

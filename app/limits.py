@@ -1,0 +1,260 @@
+"""The service's limits on a spec, checked before a job is queued (no torch here).
+
+The schema (app/schemas.py) rejects what is malformed; this module rejects what is well-formed but
+too big for this deployment (Settings' max_* fields) or would only fail later in a worker: data
+outside the data roots or missing, a CNN on flat data, a feature map that vanishes, an unknown
+torchvision model. Each problem names the spec field and, for limits, the limit.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from app.config import Settings
+from app.datasets import IDX_DATASETS, DatasetPathError, missing_files, resolve_dataset_path
+from app.schemas import CNNSpec, DatasetSpec, MLPSpec, ModelSpec, RecommendationSpec
+from app.torchvision_models import TORCHVISION_NAMES, torchvision_parameters
+
+# What the worker's loaders produce for the datasets whose shape is fixed (worker/data.py).
+IDX_SHAPE = (1, 28, 28)
+IDX_TRAIN_SAMPLES = 60_000
+DIGITS_SHAPE = (1, 8, 8)
+DIGITS_SAMPLES = 1797
+# The npy header is a short Python dict literal; anything longer is not an array we wrote.
+MAX_NPY_HEADER = 65_536
+
+
+@dataclass(frozen=True)
+class Violation:
+    field: str
+    message: str
+    type: str
+
+
+class ShapeError(ValueError):
+    """The model cannot be built on this data; `field` names the spec field to change."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What the API can learn about a dataset without loading it (None = unknown)."""
+
+    input_shape: tuple[int, ...] | None
+    num_classes: int
+    train_samples: int | None
+
+
+def parameter_count(model: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Trainable parameters of the model worker/nets.py builds for this input, in closed form."""
+    if isinstance(model, MLPSpec):
+        width = math.prod(input_shape)
+        total = 0
+        for h in model.hidden:
+            total += width * h + (h if model.hidden_bias else 0)
+            width = h
+        return total + width * num_classes + (num_classes if model.output_bias else 0)
+    if isinstance(model, CNNSpec):
+        if len(input_shape) != 3:
+            raise ShapeError(
+                "model.type", f"a CNN needs image input (C, H, W); this dataset gives {input_shape}"
+            )
+        channels, height, width = input_shape
+        total = 0
+        for i, block in enumerate(model.blocks):
+            k = block.kernel
+            total += channels * block.channels * k * k + (
+                block.channels if model.hidden_bias else 0
+            )
+            # Same arithmetic as worker/nets.py: padding k//2, then stride, then max-pool.
+            height = ((height + 2 * (k // 2) - k) // block.stride + 1) // block.pool
+            width = ((width + 2 * (k // 2) - k) // block.stride + 1) // block.pool
+            if height < 1 or width < 1:
+                raise ShapeError(
+                    f"model.blocks.{i}",
+                    f"the feature map vanishes at this block for input {input_shape}",
+                )
+            channels = block.channels
+        features = channels * height * width
+        for h in model.hidden:
+            total += features * h + (h if model.hidden_bias else 0)
+            features = h
+        return total + features * num_classes + (num_classes if model.output_bias else 0)
+    count = torchvision_parameters(model.name, model.num_classes or num_classes)
+    if count is None:
+        raise ShapeError("model.name", _unknown_torchvision(model.name))
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise ShapeError(
+            "model.type",
+            f"torchvision models need 1- or 3-channel images; this dataset gives {input_shape}",
+        )
+    return count
+
+
+def _unknown_torchvision(name: str) -> str:
+    close = [n for n in TORCHVISION_NAMES if n.startswith(name[:3])][:8]
+    hint = f"; similar: {', '.join(close)}" if close else ""
+    return (
+        f"{name!r} is not a torchvision classification model "
+        f"({len(TORCHVISION_NAMES)} known, e.g. resnet18, mobilenet_v3_small{hint})"
+    )
+
+
+def npy_shape(npz: Path, array: str) -> tuple[int, ...]:
+    """The shape of `array` in an .npz file, read from its .npy header (no numpy needed)."""
+    with zipfile.ZipFile(npz) as archive, archive.open(f"{array}.npy") as fh:
+        magic = fh.read(8)
+        if magic[:6] != b"\x93NUMPY":
+            raise ValueError(f"{array}.npy is not a .npy array")
+        major = magic[6]
+        size_format = "<H" if major == 1 else "<I"
+        (header_len,) = struct.unpack(size_format, fh.read(struct.calcsize(size_format)))
+        if header_len > MAX_NPY_HEADER:
+            raise ValueError(f"{array}.npy has an implausible header")
+        header = ast.literal_eval(fh.read(header_len).decode("latin1"))
+    shape = header["shape"] if isinstance(header, dict) else None
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) for d in shape):
+        raise ValueError(f"{array}.npy has no readable shape")
+    return shape
+
+
+def data_shape(spec: DatasetSpec, path: Path | None) -> DataShape:
+    """Input shape, classes and training-set size as the worker will see them, where known.
+
+    npz: classes are not read (that needs the labels); 2, the fewest possible, is a lower bound.
+    """
+    if spec.name in IDX_DATASETS:
+        return DataShape(IDX_SHAPE, 10, IDX_TRAIN_SAMPLES)
+    if spec.name == "digits":
+        return DataShape(DIGITS_SHAPE, 10, DIGITS_SAMPLES)
+    if spec.name == "synthetic":
+        return DataShape((spec.synthetic_features,), spec.synthetic_classes, None)
+    assert path is not None
+    if spec.name == "npz":
+        x_shape = npy_shape(path, "x")
+        y_shape = npy_shape(path, "y")
+        if len(x_shape) < 2 or y_shape[:1] != x_shape[:1]:
+            raise ValueError(f"x {x_shape} and y {y_shape} do not describe the same examples")
+        return DataShape(x_shape[1:], 2, x_shape[0])
+    # image-folder: one class per sub-folder of train/; RGB at image_size, else unknown.
+    classes = sum(1 for p in (path / "train").iterdir() if p.is_dir())
+    size = spec.image_size
+    return DataShape((3, size, size) if size else None, max(classes, 2), None)
+
+
+def check_spec(spec: RecommendationSpec, settings: Settings) -> list[Violation]:
+    """Every way `spec` breaks this deployment's limits or could not run; empty = accept."""
+    problems: list[Violation] = []
+
+    def limit(field: str, value: float, maximum: float, what: str) -> None:
+        if value > maximum:
+            problems.append(
+                Violation(
+                    field, f"{what} {value:g} exceeds this server's limit {maximum:g}", "limit"
+                )
+            )
+
+    limit("budget.epochs", spec.budget.epochs, settings.max_budget_epochs, "budget of")
+    limit(
+        "budget.probe_fraction",
+        spec.budget.probe_fraction,
+        settings.max_probe_fraction,
+        "probe budget of",
+    )
+    data = spec.dataset
+    if data.name == "synthetic":
+        limit(
+            "dataset.synthetic_samples",
+            data.synthetic_samples,
+            settings.max_train_samples,
+            "synthetic dataset of",
+        )
+    if data.max_train_samples is not None:
+        limit(
+            "dataset.max_train_samples",
+            data.max_train_samples,
+            settings.max_train_samples,
+            "max_train_samples of",
+        )
+    if spec.callback_url is not None:
+        url = urlsplit(spec.callback_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            problems.append(
+                Violation("callback_url", "must be an absolute http:// or https:// URL", "url")
+            )
+
+    shape = _dataset_problems(spec.dataset, settings, problems)
+    if shape is None:
+        # Without the data the parameter count is still known for torchvision models.
+        if spec.model.type == "torchvision" and spec.model.name not in TORCHVISION_NAMES:
+            problems.append(Violation("model.name", _unknown_torchvision(spec.model.name), "model"))
+        return problems
+    if shape.train_samples is not None and data.max_train_samples is None:
+        training = shape.train_samples - round(shape.train_samples * data.validation_fraction)
+        if training > settings.max_train_samples:
+            problems.append(
+                Violation(
+                    "dataset.max_train_samples",
+                    f"the dataset has {training} training examples, over this server's limit "
+                    f"{settings.max_train_samples}; set dataset.max_train_samples",
+                    "limit",
+                )
+            )
+    input_shape = shape.input_shape
+    if input_shape is None:
+        # image-folder without image_size: the image size is only known once loaded. The count
+        # of a torchvision model does not depend on it.
+        if spec.model.type != "torchvision":
+            return problems
+        input_shape = (3, 224, 224)
+    try:
+        count = parameter_count(spec.model, input_shape, shape.num_classes)
+    except ShapeError as exc:
+        problems.append(Violation(exc.field, exc.message, "model"))
+        return problems
+    if count > settings.max_parameters:
+        problems.append(
+            Violation(
+                "model",
+                f"the model has {count:,} parameters on this dataset, over this server's limit "
+                f"{settings.max_parameters:,}",
+                "limit",
+            )
+        )
+    return problems
+
+
+def _dataset_problems(
+    spec: DatasetSpec, settings: Settings, problems: list[Violation]
+) -> DataShape | None:
+    """Check the dataset's files; its shape when they are usable, else None (problems added)."""
+    try:
+        path = resolve_dataset_path(spec, settings.data_roots)
+    except DatasetPathError as exc:
+        problems.append(Violation(exc.field, str(exc), "data"))
+        return None
+    if path is not None:
+        missing = missing_files(spec, path)
+        if missing:
+            names = ", ".join(str(m) for m in missing)
+            problems.append(
+                Violation("dataset.path", f"dataset {spec.name!r}: missing {names}", "data")
+            )
+            return None
+    try:
+        return data_shape(spec, path)
+    except (OSError, ValueError, KeyError, SyntaxError, zipfile.BadZipFile) as exc:
+        problems.append(
+            Violation("dataset.path", f"cannot read dataset {spec.name!r} at {path}: {exc}", "data")
+        )
+        return None

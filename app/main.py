@@ -1,0 +1,215 @@
+"""The application factory: create_app(settings) → FastAPI.
+
+The lifespan owns the database engine (migrating the embedded SQLite default, refusing any other
+database that is not at head). Every error leaves as one kind of document, RFC 9457
+application/problem+json, from the handlers below; no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import routes
+from app.config import Settings
+from app.db import make_engine, prepare_database, session_factory
+from app.errors import PROBLEM_MEDIA_TYPE, ProblemError
+from app.schemas import RecommendationSpec
+
+log = logging.getLogger("edgetune.api")
+# A validation problem lists at most this many fields in `detail` (all of them, up to
+# MAX_FIELD_ERRORS, in `errors`): a 64-item list of wrong types must not make a 64-line detail.
+DETAIL_FIELDS = 5
+MAX_FIELD_ERRORS = 50
+# Where pydantic/FastAPI put the request part first in an error location; clients know the field.
+REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
+# A discriminated union puts its tag into the location (model.mlp.hidden); drop it (model.hidden).
+MODEL_TAGS = ("mlp", "cnn", "torchvision")
+
+
+def problem_response(problem: ProblemError) -> JSONResponse:
+    return JSONResponse(
+        problem.to_dict(),
+        status_code=problem.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=problem.headers,
+    )
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = list(loc)
+    if parts and parts[0] in REQUEST_PARTS and len(parts) > 1:
+        parts = parts[1:]
+    if len(parts) > 1 and parts[0] == "model" and parts[1] in MODEL_TAGS:
+        parts = [parts[0], *parts[2:]]
+    return ".".join(str(p) for p in parts) or "body"
+
+
+def validation_problem(errors: list[Any]) -> ProblemError:
+    fields = [
+        {"field": field_path(e.get("loc", ())), "message": str(e.get("msg", "")), "type": e["type"]}
+        for e in errors[:MAX_FIELD_ERRORS]
+    ]
+    detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:DETAIL_FIELDS])
+    if len(errors) > DETAIL_FIELDS:
+        detail += f" (and {len(errors) - DETAIL_FIELDS} more)"
+    return ProblemError(422, "Validation failed", detail, "validation-failed", errors=fields)
+
+
+async def on_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ProblemError)
+    return problem_response(exc)
+
+
+async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return problem_response(validation_problem(list(exc.errors())))
+
+
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors: unknown route (404), wrong method (405), and the like."""
+    assert isinstance(exc, StarletteHTTPException)
+    title = HTTPStatus(exc.status_code).phrase
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        detail, kind = f"there is no resource at {request.url.path}", "not-found"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("allow", (exc.headers or {}).get("Allow", ""))
+        detail, kind = f"{where} is not allowed; allowed: {allowed}", "method-not-allowed"
+    else:
+        detail, kind = f"{where}: {exc.detail}", title.lower().replace(" ", "-")
+    return problem_response(
+        ProblemError(exc.status_code, title, detail, kind, headers=dict(exc.headers or {}))
+    )
+
+
+async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # The traceback goes to the server log, never to the client.
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        ProblemError(
+            500,
+            "Internal Server Error",
+            "the server failed to handle this request; it has been logged",
+            "internal-error",
+        )
+    )
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `max_bytes` with 413, before anything parses them.
+
+    Checks Content-Length up front, and counts the bytes actually received as well, since a
+    chunked body declares no length and a declared length can lie.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self, size: str) -> ProblemError:
+        return ProblemError(
+            413,
+            "Content Too Large",
+            f"the request body is {size}; this server accepts at most {self.max_bytes} bytes",
+            "body-too-large",
+            headers={"Connection": "close"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                problem = ProblemError(
+                    400, "Bad Request", "Content-Length is not a number", "invalid-header"
+                )
+                await problem_response(problem)(scope, receive, send)
+                return
+            if int(declared) > self.max_bytes:
+                size = f"{int(declared)} bytes (Content-Length)"
+                await problem_response(self._too_large(size))(scope, receive, send)
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Raised inside the endpoint's body read, so the problem handler answers it.
+                    raise self._too_large(f"over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _package_version() -> str:
+    try:
+        return version("edgetune")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for `settings`; the database is opened (and checked) when the app starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings)
+        try:
+            # Blocking, but only once at start-up, before any request is served.
+            prepare_database(settings, engine)
+            app.state.engine = engine
+            app.state.sessions = session_factory(engine)
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="edgetune",
+        version=_package_version(),
+        summary="Hyperparameters at the edge of chaos, measured from short probing runs",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(routes.router)
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected_error)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            spec = RecommendationSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(spec.pop("$defs", {}))
+            components["RecommendationSpec"] = spec
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Settings from the environment; for `uvicorn --factory app.main:app_from_env`."""
+    return create_app(Settings())

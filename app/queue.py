@@ -1,0 +1,412 @@
+"""Every change of a job's state, used by the API and the worker. All job SQL lives here.
+
+Each transition is a named function guarded by `WHERE status = <expected>` (and, for a worker's
+transitions, `lease_owner = <worker>`), runs in one short transaction and commits before it
+returns; a guard that does not match changes nothing and says so in the return value.
+
+Claiming: PostgreSQL locks the oldest queued row with `FOR UPDATE SKIP LOCKED`, so concurrent
+workers each take a different job without waiting on each other. SQLite has one writer at a time;
+there the claim is a guarded `UPDATE ... WHERE id = ? AND status = 'queued'` that only one worker
+can win, retried on the next candidate when another worker won the race.
+
+Time is the caller's clock (`utcnow()`): leases are tens of seconds, far above the clock skew of
+machines kept in sync by NTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.models import Job, Probe, Recommendation, utcnow
+
+HeartbeatResult = Literal["ok", "cancel", "lost"]
+# How many candidates a SQLite claim tries before giving up for this poll (others won the race).
+SQLITE_CLAIM_TRIES = 5
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different spec."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"Idempotency-Key already used for job {job_id} with a different spec")
+        self.job_id = job_id
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """sha256 of the spec's canonical JSON (sorted keys, no whitespace)."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount)
+
+
+def get_job(session: Session, job_id: str, tenant: str | None = None) -> Job | None:
+    """A fresh read of one job (another tenant's job reads as absent)."""
+    query = select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
+    job = session.scalars(query).one_or_none()
+    session.commit()  # end the read transaction: callers hold no snapshot open
+    return job
+
+
+def create_job(
+    session: Session,
+    *,
+    spec: dict[str, Any],
+    tenant: str = "default",
+    idempotency_key: str | None = None,
+    max_attempts: int = 3,
+) -> tuple[Job, bool]:
+    """Queue a job; returns (job, created). A repeated Idempotency-Key with the same spec returns
+    the first job and created=False; with another spec it raises IdempotencyConflict."""
+    digest = spec_hash(spec)
+
+    def existing() -> Job | None:
+        if idempotency_key is None:
+            return None
+        job = session.scalars(
+            select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key)
+        ).one_or_none()
+        if job is not None and job.spec_hash != digest:
+            raise IdempotencyConflict(job.id)
+        return job
+
+    found = existing()
+    if found is not None:
+        session.commit()
+        return found, False
+    now = utcnow()
+    job = Job(
+        tenant=tenant,
+        status="queued",
+        spec=spec,
+        spec_hash=digest,
+        idempotency_key=idempotency_key,
+        attempts=0,
+        max_attempts=max_attempts,
+        cancel_requested=False,
+        progress={},
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with one key raced; the unique (tenant, idempotency_key) picked a winner.
+        session.rollback()
+        found = existing()
+        session.commit()
+        if found is None:
+            raise
+        return found, False
+    return job, True
+
+
+def request_cancel(session: Session, job_id: str, tenant: str | None = None) -> Job | None:
+    """queued → cancelled at once; running → cancel_requested (the worker stops at its next
+    measurement interval). Finished jobs are left as they are. None when there is no such job."""
+    now = utcnow()
+    scope = [Job.id == job_id] if tenant is None else [Job.id == job_id, Job.tenant == tenant]
+    session.execute(
+        update(Job)
+        .where(*scope, Job.status == "queued")
+        .values(status="cancelled", finished_at=now, updated_at=now, cancel_requested=True)
+    )
+    session.execute(
+        update(Job)
+        .where(*scope, Job.status == "running")
+        .values(cancel_requested=True, updated_at=now)
+    )
+    session.commit()
+    return get_job(session, job_id, tenant)
+
+
+def claim(session: Session, *, worker_id: str, lease_seconds: float) -> Job | None:
+    """Take the oldest queued job: running, attempts + 1, leased to `worker_id`."""
+    oldest_queued = (
+        select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(1)
+    )
+    if _is_postgres(session):
+        # The row lock lasts only for this short transaction; SKIP LOCKED lets another worker
+        # take the next job instead of waiting for this one.
+        job_id = session.scalars(oldest_queued.with_for_update(skip_locked=True)).first()
+        claimed = job_id is not None and _start(session, job_id, worker_id, lease_seconds)
+        session.commit()
+        return get_job(session, job_id) if claimed and job_id else None
+    for _ in range(SQLITE_CLAIM_TRIES):
+        job_id = session.scalars(oldest_queued).first()
+        if job_id is None:
+            session.commit()
+            return None
+        claimed = _start(session, job_id, worker_id, lease_seconds)
+        session.commit()
+        if claimed:
+            return get_job(session, job_id)
+    return None
+
+
+def _start(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> bool:
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(
+            status="running",
+            attempts=Job.attempts + 1,
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            updated_at=now,
+        )
+    )
+    if _rowcount(result) != 1:
+        return False
+    # started_at records the first start; a re-claimed job keeps it.
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.started_at.is_(None)).values(started_at=now)
+    )
+    return True
+
+
+def _owned(job_id: str, worker_id: str) -> list[Any]:
+    return [Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id]
+
+
+def heartbeat(
+    session: Session,
+    job_id: str,
+    *,
+    worker_id: str,
+    lease_seconds: float,
+    progress: dict[str, Any] | None = None,
+) -> HeartbeatResult:
+    """Extend the lease (and record progress): "ok", "cancel" (asked to stop), or "lost" (the
+    lease expired and the job was requeued or taken by another worker: stop, write nothing)."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "heartbeat_at": now,
+        "updated_at": now,
+    }
+    if progress is not None:
+        values["progress"] = progress
+    result = session.execute(update(Job).where(*_owned(job_id, worker_id)).values(**values))
+    if _rowcount(result) != 1:
+        session.commit()
+        return "lost"
+    cancel = session.scalars(select(Job.cancel_requested).where(Job.id == job_id)).one()
+    session.commit()
+    return "cancel" if cancel else "ok"
+
+
+def store_probe(
+    session: Session,
+    job_id: str,
+    *,
+    key: str,
+    config: dict[str, Any],
+    outcome: str,
+    result: dict[str, Any],
+    seconds: float,
+) -> bool:
+    """Store one finished probe; True if stored, False if (job_id, key) was already there.
+
+    Idempotent: a worker that lost its lease may still finish a probe another worker also ran;
+    the unique (job_id, key) keeps exactly one.
+    """
+    insert = pg_insert if _is_postgres(session) else sqlite_insert
+    statement = (
+        insert(Probe)
+        .values(
+            job_id=job_id,
+            key=key,
+            config=config,
+            outcome=outcome,
+            result=result,
+            seconds=seconds,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["job_id", "key"])
+        .returning(Probe.id)
+    )
+    stored = session.execute(statement).scalar_one_or_none() is not None
+    session.commit()
+    return stored
+
+
+def stored_probes(session: Session, job_id: str) -> dict[str, dict[str, Any]]:
+    """The job's finished probes by key: {id, key, config, outcome, result, seconds, created_at}."""
+    rows = session.scalars(select(Probe).where(Probe.job_id == job_id).order_by(Probe.id)).all()
+    session.commit()
+    return {
+        p.key: {
+            "id": p.id,
+            "key": p.key,
+            "config": p.config,
+            "outcome": p.outcome,
+            "result": p.result,
+            "seconds": p.seconds,
+            "created_at": p.created_at,
+        }
+        for p in rows
+    }
+
+
+def get_recommendation(session: Session, job_id: str) -> dict[str, Any] | None:
+    row = session.get(Recommendation, job_id)
+    session.commit()
+    return None if row is None else row.result
+
+
+def complete(session: Session, job_id: str, *, worker_id: str, result: dict[str, Any]) -> bool:
+    """running → succeeded with its recommendation, in one commit. False if the lease was lost."""
+    now = utcnow()
+    job = session.scalars(select(Job).where(*_owned(job_id, worker_id))).one_or_none()
+    if job is None:
+        session.commit()
+        return False
+    progress = {**(job.progress or {}), "fraction": 1.0, "eta_seconds": 0.0}
+    updated = session.execute(
+        update(Job)
+        .where(*_owned(job_id, worker_id))
+        .values(
+            status="succeeded",
+            finished_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            progress=progress,
+            error=None,
+        )
+    )
+    if _rowcount(updated) != 1:
+        session.rollback()
+        return False
+    session.add(Recommendation(job_id=job_id, result=result, created_at=now))
+    session.commit()
+    return True
+
+
+def fail_or_retry(
+    session: Session, job_id: str, *, worker_id: str, error: str, retry: bool = True
+) -> str | None:
+    """running → queued (another attempt) or failed once attempts reach max_attempts, or at once
+    when retry=False (a spec that can never run). Returns the new status, None if not owned."""
+    now = utcnow()
+    job = session.scalars(select(Job).where(*_owned(job_id, worker_id))).one_or_none()
+    if job is None:
+        session.commit()
+        return None
+    status = "queued" if retry and job.attempts < job.max_attempts else "failed"
+    updated = session.execute(
+        update(Job)
+        .where(*_owned(job_id, worker_id))
+        .values(
+            status=status,
+            error=error,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=now if status == "failed" else None,
+        )
+    )
+    session.commit()
+    return status if _rowcount(updated) == 1 else None
+
+
+def mark_cancelled(session: Session, job_id: str, *, worker_id: str) -> bool:
+    """running → cancelled (the worker saw cancel_requested and stopped)."""
+    now = utcnow()
+    updated = session.execute(
+        update(Job)
+        .where(*_owned(job_id, worker_id))
+        .values(
+            status="cancelled",
+            finished_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    session.commit()
+    return _rowcount(updated) == 1
+
+
+def release(session: Session, job_id: str, *, worker_id: str) -> bool:
+    """Graceful stop (SIGTERM): running → queued for another worker, keeping its stored probes.
+
+    The attempt is given back: a worker shut down on purpose is not a failure of the job. A job
+    that was asked to cancel meanwhile is cancelled instead.
+    """
+    now = utcnow()
+    cleared: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_expires_at": None}
+    cancelled = session.execute(
+        update(Job)
+        .where(*_owned(job_id, worker_id), Job.cancel_requested.is_(True))
+        .values(status="cancelled", finished_at=now, **cleared)
+    )
+    requeued = session.execute(
+        update(Job)
+        .where(*_owned(job_id, worker_id))
+        .values(status="queued", attempts=Job.attempts - 1, **cleared)
+    )
+    session.commit()
+    return _rowcount(cancelled) + _rowcount(requeued) == 1
+
+
+def requeue_stale(session: Session, *, now: datetime | None = None) -> int:
+    """Running jobs whose lease expired (their worker died): back to queued, or failed with the
+    reason once attempts reached max_attempts, or cancelled if that was asked. Returns how many.
+
+    Every worker calls this before it claims, so a dead worker's job needs no supervisor.
+    """
+    now = now or utcnow()
+    query = select(Job).where(Job.status == "running", Job.lease_expires_at < now)
+    if _is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    stale = session.scalars(query).all()
+    changed = 0
+    for job in stale:
+        cleared: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_expires_at": None}
+        reason = (
+            f"worker {job.lease_owner} stopped heartbeating; its lease expired at "
+            f"{job.lease_expires_at.isoformat() if job.lease_expires_at else '?'}"
+        )
+        if job.cancel_requested:
+            values = {"status": "cancelled", "finished_at": now, **cleared}
+        elif job.attempts >= job.max_attempts:
+            reason = f"gave up after {job.attempts} attempts: {reason}"
+            values = {"status": "failed", "finished_at": now, "error": reason, **cleared}
+        else:
+            values = {"status": "queued", "error": f"attempt {job.attempts}: {reason}", **cleared}
+        # Guarded on the lease we saw: a heartbeat that renewed it meanwhile wins.
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job.id,
+                Job.status == "running",
+                Job.lease_owner == job.lease_owner,
+                Job.lease_expires_at < now,
+            )
+            .values(**values)
+        )
+        changed += _rowcount(result)
+    session.commit()
+    return changed

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make demo`: start the embedded service (API + one worker, SQLite in .edgetune/), submit
+# examples/fashion_mnist_paper.yaml over HTTP, follow its progress, print the recommendation,
+# and stop the service again (also on Ctrl-C or an error).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EDGETUNE="${EDGETUNE:-.venv/bin/edgetune}"
+PYTHON="${PYTHON:-.venv/bin/python}"
+SPEC="${1:-examples/fashion_mnist_paper.yaml}"
+export EDGETUNE_HOST="${EDGETUNE_HOST:-127.0.0.1}"
+export EDGETUNE_PORT="${EDGETUNE_PORT:-8000}"
+URL="http://${EDGETUNE_HOST}:${EDGETUNE_PORT}"
+LOG="${EDGETUNE_DATA_DIR:-.edgetune}/serve.log"
+mkdir -p "$(dirname "$LOG")"
+
+# 0 when $1 answers 200 (no curl needed: the venv has httpx).
+answers() {
+  "$PYTHON" -c 'import sys, httpx
+try:
+    sys.exit(httpx.get(sys.argv[1], timeout=2).status_code != 200)
+except httpx.HTTPError:
+    sys.exit(1)' "$1"
+}
+
+if answers "$URL/livez"; then
+  echo "something already answers on $URL; stop it or set EDGETUNE_PORT" >&2
+  exit 1
+fi
+
+echo "starting edgetune serve on $URL (log: $LOG)"
+"$EDGETUNE" serve >"$LOG" 2>&1 &
+SERVER=$!
+stop_server() {
+  if kill -0 "$SERVER" 2>/dev/null; then
+    kill -TERM "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true
+  fi
+}
+trap stop_server EXIT
+
+for _ in $(seq 1 120); do
+  if answers "$URL/readyz"; then break; fi
+  if ! kill -0 "$SERVER" 2>/dev/null; then
+    echo "edgetune serve exited; last lines of $LOG:" >&2
+    tail -n 20 "$LOG" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+answers "$URL/readyz" || { echo "server not ready after 60 s; see $LOG" >&2; exit 1; }
+
+"$EDGETUNE" recommend "$SPEC" --url "$URL" --wait

@@ -1,0 +1,238 @@
+"""The population-batched probe engine against the plain PyTorch loop, on small real data."""
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.schemas import CNNSpec, ConvBlockSpec, DatasetSpec, MLPSpec, TorchvisionSpec
+from worker.data import Dataset, load_dataset
+from worker.probe import (
+    ProbeConfig,
+    ProbeProgress,
+    ProbeRecord,
+    ProbeResult,
+    default_intervals,
+    init_model,
+    run_population,
+    train_sequential,
+)
+
+CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("EDGETUNE_DATA_ROOT", REPO.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These nets are tiny: with several threads OpenMP's synchronisation costs more than the
+    arithmetic, and far more on a shared machine whose other cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_dataset(DatasetSpec(name="digits"), [], seed=0)
+
+
+@pytest.fixture(scope="module")
+def fmnist_small() -> Dataset:
+    if not (DATA_ROOT / "fashion-mnist").is_dir():
+        pytest.skip(f"Fashion-MNIST not found under {DATA_ROOT} (set EDGETUNE_DATA_ROOT)")
+    return load_dataset(
+        DatasetSpec(name="fashion-mnist", max_train_samples=4096), [DATA_ROOT], seed=0
+    )
+
+
+MLP = MLPSpec(hidden=[32, 32])
+CNN = CNNSpec(blocks=[ConvBlockSpec(channels=4, kernel=3, pool=2)], hidden=[16])
+
+
+def mixed_configs(steps: int) -> list[ProbeConfig]:
+    """Different lr, momentum (including none), weight decay (including none) and seed."""
+    return [
+        ProbeConfig(learning_rate=0.05, momentum=0.9, weight_decay=0.0, batch_size=16, seed=0,
+                    steps=steps),
+        ProbeConfig(learning_rate=0.1, momentum=0.0, weight_decay=1e-3, batch_size=16, seed=1,
+                    steps=steps),
+        ProbeConfig(learning_rate=0.02, momentum=0.5, weight_decay=5e-3, batch_size=16, seed=2,
+                    steps=steps),
+        ProbeConfig(learning_rate=0.2, momentum=0.95, weight_decay=1e-4, batch_size=16, seed=3,
+                    steps=steps),
+    ]  # fmt: skip
+
+
+def assert_same_params(result: ProbeResult, model: torch.nn.Module) -> None:
+    assert result.params is not None
+    state = model.state_dict()
+    assert set(result.params) == set(state)
+    for name, value in result.params.items():
+        torch.testing.assert_close(value, state[name], atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("spec", [MLP, CNN], ids=["mlp", "cnn"])
+def test_population_equals_sequential_sgd(spec, digits):
+    configs = mixed_configs(steps=50)  # 50 steps of 16 = 0.6 epoch of digits' 1318 examples
+    results = run_population(
+        spec, digits, configs, device=CPU, measure_every=10, eval_every=25, keep_params=True
+    )
+    for config, result in zip(configs, results, strict=True):
+        assert result.outcome == "completed" and result.steps_done == 50
+        model = train_sequential(spec, digits, config, device=CPU)
+        assert_same_params(result, model)
+        # It trained: the weights moved well beyond the tolerance from their initial values.
+        initial = init_model(spec, digits, config.seed).state_dict()
+        moved = max((initial[k] - v).abs().max().item() for k, v in result.params.items())
+        assert moved > 1e-2
+        assert [r.step for r in result.records] == [0, 10, 20, 25, 30, 40, 50]
+        evals = [r.step for r in result.records if r.val_loss is not None]
+        assert evals == [0, 25, 50]
+        assert all(r.apjn is not None for r in result.records if r.step in evals)
+
+
+def test_paper_model_J_squared_grows(fmnist_small):
+    """science.md §3: from J = 0.5, J² grows while ordered, faster for a larger η/((1−α)B)."""
+    configs = [
+        ProbeConfig(learning_rate=lr, momentum=0.9, weight_decay=0.0, batch_size=32, seed=0,
+                    steps=128)
+        for lr in (0.02, 0.08)
+    ]  # fmt: skip
+    slow, fast = run_population(MLPSpec(), fmnist_small, configs, device=CPU, measure_every=16)
+    for result in (slow, fast):
+        assert result.outcome == "completed"
+        first, last = result.records[0], result.records[-1]
+        assert first.J[0] == pytest.approx(0.5, rel=0.01) and abs(first.J0[0]) < 0.05
+        assert first.chi is not None and first.lyapunov is not None and first.lyapunov < 0
+        j2 = [r.J[0] ** 2 for r in result.records]
+        assert all(b > a for a, b in zip(j2, j2[1:], strict=False)), j2
+        assert last.train_loss < first.train_loss
+        assert last.val_accuracy is not None and last.val_accuracy > 0.6
+    growth = [r.records[-1].J[0] ** 2 - r.records[0].J[0] ** 2 for r in (slow, fast)]
+    assert growth[1] > 2 * growth[0] > 0
+
+
+@pytest.mark.parametrize("lr", [1e3, 1e30])
+def test_divergence_is_an_outcome(lr, digits):
+    configs = [
+        ProbeConfig(learning_rate=lr, momentum=0.9, weight_decay=0.0, batch_size=16, seed=0,
+                    steps=40),
+        ProbeConfig(learning_rate=0.05, momentum=0.9, weight_decay=0.0, batch_size=16, seed=1,
+                    steps=40),
+    ]  # fmt: skip
+    bad, good = run_population(MLP, digits, configs, device=CPU, measure_every=5, eval_every=20)
+    assert bad.outcome == "diverged" and bad.reason
+    assert "J exploded" in bad.reason or "non-finite" in bad.reason
+    assert bad.steps_done == 5
+    assert good.outcome == "completed" and good.steps_done == 40 and good.reason is None
+    assert good.records[-1].step == 40
+    # A diverged probe still serialises as strict JSON: its records hold only finite numbers.
+    for result in (bad, good):
+        text = json.dumps(result.to_dict(), allow_nan=False)
+        assert ProbeResult.from_dict(json.loads(text)) == result
+
+
+def test_on_progress_false_cancels(digits):
+    seen: list[ProbeProgress] = []
+
+    def on_progress(progress: ProbeProgress) -> bool:
+        seen.append(progress)
+        return progress.step < 10
+
+    results = run_population(
+        MLP, digits, mixed_configs(steps=50), device=CPU, measure_every=5, on_progress=on_progress
+    )
+    assert [p.step for p in seen] == [0, 5, 10]
+    assert seen[-1].steps_total == 50 and seen[-1].results_so_far == [None] * 4
+    assert all(len(r) == 3 for r in seen[-1].records)
+    for result in results:
+        assert result.outcome == "cancelled" and result.steps_done == 10
+        assert result.reason == "cancelled at step 10"
+        assert [r.step for r in result.records] == [0, 5, 10]
+
+
+def test_stop_when_freezes_a_member_and_members_end_at_their_own_steps(digits):
+    configs = mixed_configs(steps=30)
+    configs[2] = replace(configs[2], steps=20)
+    asked: list[tuple[int, int]] = []
+
+    def stop_when(member: int, records: list[ProbeRecord]) -> bool:
+        asked.append((member, records[-1].step))
+        return member == 1 and records[-1].step >= 10
+
+    finished_seen: list[list[str | None]] = []
+
+    def on_progress(progress: ProbeProgress) -> bool:
+        finished_seen.append([r.outcome if r else None for r in progress.results_so_far])
+        return True
+
+    results = run_population(
+        MLP,
+        digits,
+        configs,
+        device=CPU,
+        measure_every=5,
+        stop_when=stop_when,
+        keep_params=True,
+        on_progress=on_progress,
+    )
+    assert [r.outcome for r in results] == ["completed", "stopped", "completed", "completed"]
+    assert [r.steps_done for r in results] == [30, 10, 20, 30]
+    assert results[1].records[-1].step == 10 and results[2].records[-1].step == 20
+    assert (1, 15) not in asked  # a stopped member is no longer asked
+    assert finished_seen[2] == [None, "stopped", None, None]  # reported as soon as it stops
+    # The stopped member's parameters froze at step 10 while the others trained on.
+    assert_same_params(results[1], train_sequential(MLP, digits, configs[1], device=CPU, steps=10))
+    for i in (0, 2, 3):
+        assert_same_params(results[i], train_sequential(MLP, digits, configs[i], device=CPU))
+
+
+def test_same_configs_give_identical_records(digits):
+    configs = mixed_configs(steps=20)
+    first = run_population(CNN, digits, configs, device=CPU, measure_every=5, eval_every=10)
+    second = run_population(CNN, digits, configs, device=CPU, measure_every=5, eval_every=10)
+    assert [r.records for r in first] == [r.records for r in second]
+    # A member's trajectory does not depend on who else is in the population.
+    alone = run_population(CNN, digits, configs[2:3], device=CPU, measure_every=5, eval_every=10)
+    for a, b in zip(alone[0].records, first[2].records, strict=True):
+        assert a.step == b.step
+        torch.testing.assert_close(torch.tensor(a.J), torch.tensor(b.J), atol=1e-5, rtol=0)
+
+
+def test_torchvision_population_records_J(digits):
+    configs = [
+        ProbeConfig(learning_rate=0.05, momentum=0.9, weight_decay=1e-4, batch_size=16, seed=s,
+                    steps=3)
+        for s in (0, 1)
+    ]  # fmt: skip
+    spec = TorchvisionSpec(name="shufflenet_v2_x0_5")
+    results = run_population(spec, digits, configs, device=CPU, measure_every=1)
+    n_layers = len(results[0].records[0].J)
+    assert n_layers > 40  # every conv and linear layer except the read-out
+    for result in results:
+        assert result.outcome == "completed"
+        assert [r.step for r in result.records] == [0, 1, 2, 3]
+        assert all(r.chi is None and r.lyapunov is None and r.apjn is None for r in result.records)
+        assert all(len(r.J) == n_layers for r in result.records)
+        assert result.records[-1].val_loss is not None
+    assert results[0].records[-1].J != results[0].records[0].J  # the weights trained
+
+
+def test_population_rejects_mixed_batch_sizes(digits):
+    configs = mixed_configs(steps=5)
+    configs[1] = replace(configs[1], batch_size=32)
+    with pytest.raises(ValueError, match="batch size"):
+        run_population(MLP, digits, configs, device=CPU)
+
+
+def test_default_intervals_on_fashion_mnist():
+    # 55,000 training examples at B = 32: 1718 steps per epoch → ~20 measurements, 2 evaluations.
+    measure_every, eval_every = default_intervals(55_000, 32)
+    assert measure_every == 86 and eval_every == 860
+    # A tiny dataset: the floors keep measurement cheap relative to training.
+    assert default_intervals(1318, 16) == (128, 1024)

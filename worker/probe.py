@@ -1,0 +1,572 @@
+"""Probe training: short SGD runs that measure the chaos order parameters, population-batched.
+
+A probe is one configuration (learning rate, momentum, weight decay, batch size, seed) trained for
+a few hundred to a few thousand steps while its order parameters are recorded. Probes that share a
+model spec and a batch size train together as one *population*: their parameters are stacked along
+a leading member axis (`torch.func.stack_module_state`), one vmapped `grad_and_value` over
+`functional_call` gives every member's loss and gradient in one pass, and SGD is applied to the
+stacked tensors with per-member hyperparameters broadcast along that axis. Members never mix: each
+has its own initialisation, data order and optimizer state, and the result equals running the same
+configurations one by one with `torch.optim.SGD` (see `train_sequential`, the reference loop).
+
+SGD follows PyTorch's semantics exactly: d_p = g + weight_decay·p; buf = momentum·buf + d_p (the
+first step buf = d_p); p -= lr·buf. `weight_decay` is PyTorch's; the paper writes its L2 term as
+λ‖W‖² (gradient 2λW), so the paper's λ is weight_decay / 2.
+
+The engine takes values and returns values: no database, no printing. It reports through
+`on_progress` after every measurement (which can cancel the run) and lets the caller stop single
+members early through `stop_when`. Divergence (a non-finite loss, or J exploding) is an outcome of
+the member, not an exception; the rest of the population carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import (
+    functional_call,
+    grad_and_value,
+    replace_all_batch_norm_modules_,
+    stack_module_state,
+    vmap,
+)
+
+from app.schemas import ModelSpec
+from worker.data import Dataset
+from worker.nets import EdgeNet, TorchvisionNet, build_model, layer_infos
+from worker.order import measure, random_unit_vectors
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["completed", "stopped", "diverged", "cancelled"]
+
+# A member whose largest J_l passes this is chaotic beyond any use (the edge is at J = 1).
+J_BOUND = 1e3
+# Order parameters are measured on a fixed subset of the training data, the same for every member
+# and every measurement, so a time series reflects the weights and not the batch.
+MEASURE_BATCH = 256
+# APJN is a few vector–Jacobian products per layer; a smaller batch is plenty for a mean over
+# examples × vectors, and keeps conv layers' random vectors small.
+APJN_BATCH = 64
+APJN_VECTORS = 4
+VAL_MAX_EXAMPLES = 2000
+VAL_CHUNK = 500
+# Fixed seeds of the measurement subset and the APJN vectors: every probe of every job is measured
+# the same way, whatever the probe seeds are.
+MEASURE_SEED = 20210721
+# Measurements per epoch (J, chi) and evaluations per epoch (APJN, validation) by default.
+MEASURES_PER_EPOCH = 20
+EVALS_PER_EPOCH = 2
+# Floors on the intervals, in training examples, so that measuring stays cheap on small datasets.
+# Measured on the paper model at B = 32 (CPU): one measurement costs about 1.2 training steps and
+# one evaluation (2000 validation examples + APJN) about 12, so these floors keep each under ~2%
+# of the training time; at the usual 20 and 2 per epoch on Fashion-MNIST both are below 1.5%.
+MEASURE_FLOOR_SAMPLES = 2048
+EVAL_FLOOR_SAMPLES = 16384
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """One probe. `weight_decay` is PyTorch's; the paper's λ (L2 term λ‖W‖²) is weight_decay/2."""
+
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    seed: int
+    steps: int  # optimizer steps to run
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(f"learning_rate must be finite and >= 0, not {self.learning_rate}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), not {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be finite and >= 0, not {self.weight_decay}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, not {self.steps}")
+
+    @property
+    def paper_lambda(self) -> float:
+        return self.weight_decay / 2
+
+
+@dataclass
+class ProbeRecord:
+    """One measurement point of one probe. Every float in it is finite (JSON-safe)."""
+
+    step: int
+    epoch: float  # step · batch_size / train_size
+    J: list[float]  # per hidden layer
+    J0: list[float]
+    chi: list[float] | None  # None for torchvision models (activation unknown)
+    lyapunov: float | None  # mean ½·ln χ_l over the iterated layers; None where χ is unknown or 0
+    apjn: list[float] | None  # only at evaluation points, EdgeNet models
+    # Mean minibatch loss since the previous record; at step 0, the loss on the measurement batch.
+    train_loss: float
+    val_loss: float | None  # only at evaluation points, when there is validation data
+    val_accuracy: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProbeRecord:
+        return cls(**d)
+
+
+@dataclass
+class ProbeResult:
+    config: ProbeConfig
+    outcome: Outcome
+    reason: str | None
+    records: list[ProbeRecord]
+    steps_done: int
+    # Wall time attributed to this probe: the population's time until the member was frozen,
+    # divided by the number of members.
+    seconds: float
+    # Final parameters on the CPU, only with run_population(keep_params=True); never serialised.
+    params: dict[str, Tensor] | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "records": [r.to_dict() for r in self.records],
+            "steps_done": self.steps_done,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProbeResult:
+        return cls(
+            config=ProbeConfig(**d["config"]),
+            outcome=d["outcome"],
+            reason=d["reason"],
+            records=[ProbeRecord.from_dict(r) for r in d["records"]],
+            steps_done=d["steps_done"],
+            seconds=d["seconds"],
+        )
+
+
+@dataclass(frozen=True)
+class ProbeProgress:
+    """Passed to `on_progress` after every measurement."""
+
+    step: int
+    steps_total: int  # the longest member's step count
+    seconds: float  # since the population started
+    records: list[list[ProbeRecord]]  # per member, every record so far
+    results_so_far: list[ProbeResult | None]  # per member: its result once frozen, else None
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The requested device, else the first GPU when there is one, else the CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_intervals(train_size: int, batch_size: int) -> tuple[int, int]:
+    """Default (measure_every, eval_every) in steps: ~20 measurements and ~2 evaluations per
+    epoch, but never so often that they cost more than a few percent of the training."""
+    steps_per_epoch = max(1, train_size // batch_size)
+    measure_every = max(
+        round(steps_per_epoch / MEASURES_PER_EPOCH), math.ceil(MEASURE_FLOOR_SAMPLES / batch_size)
+    )
+    eval_every = max(
+        round(steps_per_epoch / EVALS_PER_EPOCH), math.ceil(EVAL_FLOOR_SAMPLES / batch_size)
+    )
+    # Evaluations land on measurement steps.
+    eval_every = measure_every * max(1, round(eval_every / measure_every))
+    return measure_every, eval_every
+
+
+def init_model(model_spec: ModelSpec, dataset: Dataset, seed: int) -> nn.Module:
+    """A member's initial model, on the CPU: the same on every device for a given seed.
+
+    BatchNorm layers always use batch statistics (no running averages), which is what vmapped
+    training needs; the sequential reference uses the same model, so both agree.
+    """
+    # Only the CPU generator is seeded, and restored afterwards: the caller's RNG is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        model = build_model(model_spec, dataset.input_shape, dataset.num_classes)
+    if isinstance(model, TorchvisionNet):
+        replace_all_batch_norm_modules_(model)
+    return model
+
+
+def _order_generator(seed: int) -> torch.Generator:
+    """The member's data-order stream (CPU), kept apart from its initialisation stream."""
+    return torch.Generator().manual_seed(seed + 1)
+
+
+def train_sequential(
+    model_spec: ModelSpec,
+    dataset: Dataset,
+    config: ProbeConfig,
+    *,
+    device: torch.device,
+    steps: int | None = None,
+) -> nn.Module:
+    """The plain PyTorch reference: one model, torch.optim.SGD, the probe's init and data order.
+
+    A fresh permutation of the training set per epoch from the member's own generator; the last
+    incomplete batch is dropped. No measurements.
+    """
+    steps = config.steps if steps is None else steps
+    data = dataset.to(device)
+    batch = config.batch_size
+    steps_per_epoch = data.train_size // batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {batch} exceeds the {data.train_size} training examples")
+    model = init_model(model_spec, dataset, config.seed).to(device)
+    model.train()
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    generator = _order_generator(config.seed)
+    order = torch.empty(0, dtype=torch.long, device=device)
+    for step in range(steps):
+        position = step % steps_per_epoch
+        if position == 0:
+            order = torch.randperm(data.train_size, generator=generator).to(device)
+        idx = order[position * batch : (position + 1) * batch]
+        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+def _shape_for(hyper: Tensor, like: Tensor) -> Tensor:
+    """A (P,) tensor viewed as (P, 1, 1, ...) to broadcast against a stacked parameter."""
+    return hyper.view((-1,) + (1,) * (like.dim() - 1))
+
+
+@dataclass
+class _Population:
+    """The live members' state, stacked along dim 0 in the order of `members`."""
+
+    members: list[int]  # indices into the configs of the live members
+    params: dict[str, Tensor]
+    momentum_buffers: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+    neg_lr: Tensor  # (P,) −learning rate
+    momentum: Tensor  # (P,)
+    weight_decay: Tensor  # (P,)
+    order: Tensor  # (P, train_size): this epoch's data order per member
+    loss_sum: Tensor  # (P,) sum of minibatch losses since the last record
+    first_bad: Tensor  # (P,) first step with a non-finite loss, −1 if none
+
+    def keep(self, positions: list[int]) -> None:
+        """Drop every member not at `positions` (frozen members cost nothing afterwards)."""
+        index = torch.tensor(positions, dtype=torch.long, device=self.neg_lr.device)
+        self.members = [self.members[p] for p in positions]
+        for state in (self.params, self.momentum_buffers, self.buffers):
+            for name, t in state.items():
+                state[name] = t.index_select(0, index)
+        for name in ("neg_lr", "momentum", "weight_decay", "order", "loss_sum", "first_bad"):
+            setattr(self, name, getattr(self, name).index_select(0, index))
+
+    def sgd_step(self, grads: dict[str, Tensor]) -> None:
+        """PyTorch SGD on every member at once (in place; the grads are consumed)."""
+        for name, p in self.params.items():
+            d_p = grads[name]
+            pass
+            buf = self.momentum_buffers[name]
+            # buf starts at zero, so the first step gives buf = d_p exactly, as in PyTorch.
+            buf.mul_(_shape_for(self.momentum, p)).add_(d_p)  # buf = α·buf + d_p
+            p.addcmul_(buf, _shape_for(self.neg_lr, p))  # p -= lr·buf
+
+
+def _finite(values: list[float] | None) -> bool:
+    return values is None or all(math.isfinite(v) for v in values)
+
+
+def run_population(
+    model_spec: ModelSpec,
+    dataset: Dataset,
+    configs: list[ProbeConfig],
+    *,
+    device: torch.device,
+    measure_every: int | None = None,
+    eval_every: int | None = None,
+    on_progress: Callable[[ProbeProgress], bool] | None = None,
+    stop_when: Callable[[int, list[ProbeRecord]], bool] | None = None,
+    keep_params: bool = False,
+) -> list[ProbeResult]:
+    """Train `configs` together as one population and return one result per config, in order.
+
+    Records are taken at step 0, every `measure_every` steps (J, J0, chi, lyapunov, train loss),
+    and at each member's last step; every `eval_every` steps and at the last step they also carry
+    APJN and validation loss/accuracy. None means the defaults of `default_intervals`; 0 means
+    never (measure: only step 0 and the last step; eval: no APJN or validation at all).
+
+    `on_progress` is called after every measurement; returning False cancels the run at once
+    (unfinished members end "cancelled"). `stop_when(member, records)` is asked at every
+    measurement and freezes the member as "stopped" when it returns True.
+    """
+    if not configs:
+        raise ValueError("a population needs at least one config")
+    batch = configs[0].batch_size
+    if any(c.batch_size != batch for c in configs):
+        sizes = sorted({c.batch_size for c in configs})
+        raise ValueError(f"all configs of a population share one batch size (got {sizes})")
+    if measure_every is not None and measure_every < 0:
+        raise ValueError(f"measure_every must be >= 0, not {measure_every}")
+    if eval_every is not None and eval_every < 0:
+        raise ValueError(f"eval_every must be >= 0, not {eval_every}")
+    start = time.perf_counter()
+    data = dataset.to(device)
+    train_size = data.train_size
+    steps_per_epoch = train_size // batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {batch} exceeds the {train_size} training examples")
+    default_measure, default_eval = default_intervals(train_size, batch)
+    measure_every = default_measure if measure_every is None else measure_every
+    eval_every = default_eval if eval_every is None else eval_every
+
+    models = [init_model(model_spec, dataset, c.seed).to(device) for c in configs]
+    template = models[0]
+    infos = layer_infos(template)
+    is_edge = isinstance(template, EdgeNet)
+
+    fixed = torch.Generator().manual_seed(MEASURE_SEED)
+    measure_idx = torch.randperm(train_size, generator=fixed)[:MEASURE_BATCH].to(device)
+    x_measure = data.x_train[measure_idx]
+    y_measure = data.y_train[measure_idx]
+    x_apjn = x_measure[:APJN_BATCH]
+    vectors: list[Tensor] | None = None
+    if is_edge:
+        with torch.no_grad():
+            _, _, preacts = template(x_apjn, trace=True)
+        vectors = [
+            random_unit_vectors(APJN_VECTORS, h.shape[0], tuple(h.shape[1:]), fixed, device)
+            for h in preacts
+        ]
+    n_val = min(VAL_MAX_EXAMPLES, int(data.x_val.shape[0]))
+    x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
+
+    params, buffers = stack_module_state(models)
+    params = {k: v.detach() for k, v in params.items()}
+    buffers = {k: v.detach() for k, v in buffers.items()}
+    # The template only supplies the structure; its own storage is not needed.
+    template = template.to("meta")
+    del models
+
+    def loss_fn(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(template, (p, b), (x,)), y)
+
+    def logits_fn(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+        out: Tensor = functional_call(template, (p, b), (x,))
+        return out
+
+    # randomness="different": dropout (some torchvision models) draws its own mask per member.
+    train_fn = vmap(grad_and_value(loss_fn), in_dims=(0, 0, 0, 0), randomness="different")
+    logits_all = vmap(logits_fn, in_dims=(0, 0, None))
+    measure_all = vmap(lambda p: measure(template, p, x_measure, infos))
+    apjn_all = vmap(lambda p: measure(template, p, x_apjn, infos, vectors)["apjn"])
+
+    n = len(configs)
+    pop = _Population(
+        members=list(range(n)),
+        params=params,
+        momentum_buffers={k: torch.zeros_like(v) for k, v in params.items()},
+        buffers=buffers,
+        neg_lr=torch.tensor([-c.learning_rate for c in configs], device=device),
+        momentum=torch.tensor([c.momentum for c in configs], device=device),
+        weight_decay=torch.tensor([c.weight_decay for c in configs], device=device),
+        order=torch.empty((n, 0), dtype=torch.long, device=device),
+        loss_sum=torch.zeros(n, device=device),
+        first_bad=torch.full((n,), -1, dtype=torch.long, device=device),
+    )
+    generators = [_order_generator(c.seed) for c in configs]
+    records: list[list[ProbeRecord]] = [[] for _ in configs]
+    results: list[ProbeResult | None] = [None] * n
+    steps_total = max(c.steps for c in configs)
+
+    def freeze(position: int, step: int, outcome: Outcome, reason: str | None) -> None:
+        member = pop.members[position]
+        kept = None
+        if keep_params:
+            kept = {k: v[position].detach().to("cpu").clone() for k, v in pop.params.items()}
+        results[member] = ProbeResult(
+            config=configs[member],
+            outcome=outcome,
+            reason=reason,
+            records=records[member],
+            steps_done=step,
+            seconds=(time.perf_counter() - start) / n,
+            params=kept,
+        )
+        logger.debug("probe %d %s at step %d: %s", member, outcome, step, reason)
+
+    # The dropout masks of torchvision models come from the global generator: seed it (on a fork,
+    # so the caller's RNG is untouched) so that the same configs give the same run.
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices, device_type=device.type):
+        torch.manual_seed(configs[0].seed)
+        step = 0
+        last_record = 0
+        while pop.members:
+            finishing = any(configs[m].steps == step for m in pop.members)
+            due = (
+                step == 0
+                or finishing
+                or (measure_every > 0 and step % measure_every == 0)
+                or (eval_every > 0 and step % eval_every == 0)
+            )
+            if due:
+                evaluate = eval_every > 0 and (step % eval_every == 0 or finishing)
+                with torch.no_grad():
+                    values = measure_all(pop.params)
+                    host = {k: v.cpu().tolist() for k, v in values.items()}
+                    if step == 0:
+                        logits = logits_all(pop.params, pop.buffers, x_measure)
+                        per_member = F.cross_entropy(
+                            logits.flatten(0, 1),
+                            y_measure.repeat(len(pop.members)),
+                            reduction="none",
+                        )
+                        train_loss = per_member.view(len(pop.members), -1).mean(1).tolist()
+                    else:
+                        train_loss = (pop.loss_sum / (step - last_record)).tolist()
+                    first_bad = pop.first_bad.tolist()
+                    pop.loss_sum.zero_()
+                    val_loss: list[float] | None = None
+                    val_accuracy: list[float] | None = None
+                    apjn: list[list[float]] | None = None
+                    if evaluate:
+                        if n_val > 0:
+                            val_loss, val_accuracy = _evaluate(
+                                logits_all, pop.params, pop.buffers, x_val, y_val, template
+                            )
+                        if is_edge:
+                            apjn = apjn_all(pop.params).cpu().tolist()
+                last_record = step
+                keep: list[int] = []
+                for position, member in enumerate(pop.members):
+                    lyapunov = host["lyapunov"][position] if "lyapunov" in host else None
+                    record = ProbeRecord(
+                        step=step,
+                        epoch=step * batch / train_size,
+                        J=host["J"][position],
+                        J0=host["J0"][position],
+                        chi=host["chi"][position] if "chi" in host else None,
+                        # ln χ = −inf (a dead ReLU layer) has no Lyapunov exponent worth storing.
+                        lyapunov=lyapunov
+                        if lyapunov is not None and math.isfinite(lyapunov)
+                        else None,
+                        apjn=apjn[position] if apjn is not None else None,
+                        train_loss=train_loss[position],
+                        val_loss=val_loss[position] if val_loss is not None else None,
+                        val_accuracy=val_accuracy[position] if val_accuracy is not None else None,
+                    )
+                    finite = all(
+                        _finite(v) for v in (record.J, record.J0, record.chi, record.apjn)
+                    ) and all(
+                        v is None or math.isfinite(v) for v in (record.train_loss, record.val_loss)
+                    )
+                    if finite:
+                        records[member].append(record)
+                    if first_bad[position] >= 0:
+                        freeze(
+                            position,
+                            step,
+                            "diverged",
+                            f"non-finite loss at step {first_bad[position]}",
+                        )
+                    elif not finite:
+                        freeze(
+                            position, step, "diverged", f"non-finite order parameter at step {step}"
+                        )
+                    elif max(record.J) > J_BOUND:
+                        layer = max(range(len(record.J)), key=lambda i: record.J[i])
+                        freeze(
+                            position,
+                            step,
+                            "diverged",
+                            f"J exploded (J_{layer} = {record.J[layer]:.3g}) at step {step}",
+                        )
+                    elif configs[member].steps == step:
+                        freeze(position, step, "completed", None)
+                    elif stop_when is not None and stop_when(member, records[member]):
+                        freeze(position, step, "stopped", f"stop_when at step {step}")
+                    else:
+                        keep.append(position)
+                if len(keep) < len(pop.members):
+                    pop.keep(keep)
+                if on_progress is not None:
+                    progress = ProbeProgress(
+                        step=step,
+                        steps_total=steps_total,
+                        seconds=time.perf_counter() - start,
+                        records=[list(r) for r in records],
+                        results_so_far=list(results),
+                    )
+                    if not on_progress(progress):
+                        for position in range(len(pop.members)):
+                            freeze(position, step, "cancelled", f"cancelled at step {step}")
+                        break
+                if not pop.members:
+                    break
+
+            position_in_epoch = step % steps_per_epoch
+            if position_in_epoch == 0:
+                pop.order = torch.stack(
+                    [torch.randperm(train_size, generator=generators[m]) for m in pop.members]
+                ).to(device)
+            idx = pop.order[:, position_in_epoch * batch : (position_in_epoch + 1) * batch]
+            grads, loss = train_fn(pop.params, pop.buffers, data.x_train[idx], data.y_train[idx])
+            with torch.no_grad():
+                pop.sgd_step(grads)
+                pop.loss_sum += loss
+                # Checked on the device, read at the next measurement: no host sync per step.
+                # Until then a diverged member keeps stepping; its values are meaningless anyway.
+                bad = ~torch.isfinite(loss) & (pop.first_bad < 0)
+                pop.first_bad = torch.where(bad, step, pop.first_bad)
+            step += 1
+
+    finished = [r for r in results if r is not None]
+    assert len(finished) == n
+    return finished
+
+
+def _evaluate(
+    logits_all: Callable[..., Tensor],
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x_val: Tensor,
+    y_val: Tensor,
+    template: nn.Module,
+) -> tuple[list[float], list[float]]:
+    """Mean validation loss and accuracy per member, in chunks (memory grows with P × chunk)."""
+    template.eval()  # dropout off; BatchNorm keeps using batch statistics (no running stats)
+    members = next(iter(params.values())).shape[0]
+    loss_sum = torch.zeros(members, device=x_val.device)
+    correct = torch.zeros(members, device=x_val.device)
+    for s in range(0, x_val.shape[0], VAL_CHUNK):
+        x, y = x_val[s : s + VAL_CHUNK], y_val[s : s + VAL_CHUNK]
+        logits = logits_all(params, buffers, x)  # (P, chunk, classes)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(members), reduction="none")
+        loss_sum += loss.view(members, -1).sum(1)
+        correct += (logits.argmax(-1) == y).sum(1)
+    template.train()
+    n = x_val.shape[0]
+    return (loss_sum / n).tolist(), (correct / n).tolist()
