@@ -120,12 +120,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    settings = Settings()
+    configure_logging()
+    engine = make_engine(settings)
+    try:
+        prepare_database(settings, engine)  # refuse an unmigrated database before importing torch
+    finally:
+        engine.dispose()
     from worker.main import install_signal_handlers, run_worker
 
-    configure_logging()
     stop = threading.Event()
     install_signal_handlers(stop)
-    return run_worker(Settings(), device=args.device, once=args.once, stop=stop)
+    return run_worker(settings, device=args.device, once=args.once, stop=stop)
 
 
 def cmd_db(args: argparse.Namespace) -> int:

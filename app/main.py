@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy.pool import QueuePool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -174,8 +175,12 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             # Blocking, but only once at start-up, before any request is served.
             prepare_database(settings, engine)
-            app.state.engine = engine
-            app.state.sessions = session_factory(engine)
+            # As many request threads as pooled connections (SQLAlchemy's default pool: 5).
+            threads = engine.pool.size() if isinstance(engine.pool, QueuePool) else 1
+            writers = 1 if settings.is_sqlite else threads
+            app.state.database = routes.Database(
+                session_factory(engine), threads=threads, writers=writers
+            )
             yield
         finally:
             engine.dispose()

@@ -1,21 +1,22 @@
 """The HTTP endpoints: parse, call one service function, return a schema.
 
-Endpoints are plain `def`s: SQLAlchemy sessions are synchronous, so FastAPI runs each request in
-its thread pool and the event loop never waits on the database.
+SQLAlchemy sessions are synchronous: every database call goes through `Database.run`, which runs
+it in a worker thread, so the event loop never waits on the database.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
+import anyio
+import anyio.to_thread
 import yaml
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app import service
 from app.config import Settings
@@ -26,6 +27,46 @@ JSON_MEDIA_TYPES = ("application/json",)
 YAML_MEDIA_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 # Seconds a client should wait before polling a job (the worker reports progress about as often).
 RETRY_AFTER_SECONDS = 2
+# Safe loading only (no Python tags); libyaml's parser when PyYAML was built with it.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Database:
+    """The app's sessions, used from async endpoints: each call runs in one worker thread.
+
+    One thread hop per request (open a session, call the service function, close it) instead of
+    FastAPI's three for a sync generator dependency plus a sync endpoint. At most `threads` calls
+    run at once, as many as the engine's pool keeps connections: more threads would only queue
+    for a connection, or open and close overflow connections (and, on SQLite, rerun the PRAGMAs)
+    on every request; under load that churn, not the queries, was most of a GET's time.
+
+    `write` runs at most `writers` calls at once. SQLite has one writer at a time anyway; letting
+    several threads race for its lock makes the losers sleep in its busy handler (up to 100 ms a
+    try), so there writers queue here instead, in order, and readers are never held up by them.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], *, threads: int, writers: int) -> None:
+        self.sessions = sessions
+        self.limiter = anyio.CapacityLimiter(threads)
+        self.write_limiter = anyio.CapacityLimiter(writers)
+
+    async def run(
+        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        def call() -> T:
+            with self.sessions() as session:
+                return fn(session, *args, **kwargs)
+
+        return await anyio.to_thread.run_sync(call, limiter=self.limiter)
+
+    async def write(
+        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        async with self.write_limiter:
+            return await self.run(fn, *args, **kwargs)
 
 
 async def get_settings(request: Request) -> Settings:
@@ -33,14 +74,9 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
-        yield session
+async def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
 
 
 async def get_tenant() -> str:
@@ -72,7 +108,9 @@ async def get_spec(request: Request) -> RecommendationSpec:
         )
     try:
         if media_type in YAML_MEDIA_TYPES:
-            data = yaml.safe_load(raw)
+            # YAML parsing is slow Python (a second or more for a body at the size limit): off
+            # the event loop, so one large request cannot stall every other.
+            data = await anyio.to_thread.run_sync(yaml.load, raw, YAML_LOADER)
         else:
             data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
@@ -80,6 +118,11 @@ async def get_spec(request: Request) -> RecommendationSpec:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, RecursionError):
             message = "nested too deeply"
+        elif isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+            where = exc.problem_mark
+            message = exc.problem
+            if where is not None:
+                message += f" (line {where.line + 1}, column {where.column + 1})"
         raise ProblemError(
             400, f"Invalid {kind}", f"the body is not valid {kind}: {message}", "invalid-body"
         ) from exc
@@ -91,8 +134,7 @@ async def get_spec(request: Request) -> RecommendationSpec:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
-SessionDep = Annotated[Session, Depends(get_session)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 SpecDep = Annotated[RecommendationSpec, Depends(get_spec)]
 
@@ -127,17 +169,21 @@ router = APIRouter()
     },
     tags=["jobs"],
 )
-def create_recommendation(
+async def create_recommendation(
     spec: SpecDep,
-    session: SessionDep,
+    db: DatabaseDep,
     settings: SettingsDep,
     tenant: TenantDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JobOut:
     """Queue a recommendation job for the spec; poll the job at `Location`."""
-    job, created = service.submit(
-        session, settings=settings, spec=spec, tenant=tenant, idempotency_key=idempotency_key
+    job, created = await db.write(
+        service.submit,
+        settings=settings,
+        spec=spec,
+        tenant=tenant,
+        idempotency_key=idempotency_key,
     )
     response.status_code = 202 if created else 200
     response.headers["Location"] = job.links.self
@@ -146,22 +192,22 @@ def create_recommendation(
 
 
 @router.get("/v1/jobs", response_model=JobPage, responses={400: PROBLEM}, tags=["jobs"])
-def list_jobs(
-    session: SessionDep,
+async def list_jobs(
+    db: DatabaseDep,
     tenant: TenantDep,
     status: JobStatus | None = None,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobPage:
     """Jobs, newest first; pass `next_page_token` back as `page_token` for the next page."""
-    return service.list_jobs(
-        session, tenant=tenant, status=status, page_size=page_size, page_token=page_token
+    return await db.run(
+        service.list_jobs, tenant=tenant, status=status, page_size=page_size, page_token=page_token
     )
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses={404: PROBLEM}, tags=["jobs"])
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
-    return service.get_job(session, job_id=job_id, tenant=tenant)
+async def get_job(job_id: str, db: DatabaseDep, tenant: TenantDep) -> JobOut:
+    return await db.run(service.get_job, job_id=job_id, tenant=tenant)
 
 
 @router.post(
@@ -170,9 +216,9 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     responses={404: PROBLEM, 409: PROBLEM},
     tags=["jobs"],
 )
-def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
+async def cancel_job(job_id: str, db: DatabaseDep, tenant: TenantDep) -> JobOut:
     """A queued job is cancelled at once; a running one stops at its next measurement."""
-    return service.cancel_job(session, job_id=job_id, tenant=tenant)
+    return await db.write(service.cancel_job, job_id=job_id, tenant=tenant)
 
 
 @router.get(
@@ -181,17 +227,17 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     responses={404: PROBLEM, 409: PROBLEM},
     tags=["jobs"],
 )
-def get_recommendation(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+async def get_recommendation(job_id: str, db: DatabaseDep, tenant: TenantDep) -> dict[str, Any]:
     """The recommendation JSON; 409 until the job has succeeded."""
-    return service.get_recommendation(session, job_id=job_id, tenant=tenant)
+    return await db.run(service.get_recommendation, job_id=job_id, tenant=tenant)
 
 
 @router.get(
     "/v1/jobs/{job_id}/probes", response_model=ProbeList, responses={404: PROBLEM}, tags=["jobs"]
 )
-def get_probes(job_id: str, session: SessionDep, tenant: TenantDep) -> ProbeList:
+async def get_probes(job_id: str, db: DatabaseDep, tenant: TenantDep) -> ProbeList:
     """Each finished probe's config, outcome and measured time series."""
-    return service.get_probes(session, job_id=job_id, tenant=tenant)
+    return await db.run(service.get_probes, job_id=job_id, tenant=tenant)
 
 
 @router.get("/livez", response_model=Health, tags=["health"])
@@ -201,7 +247,7 @@ async def livez() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: PROBLEM}, tags=["health"])
-def readyz(engine: EngineDep) -> Health:
+async def readyz(db: DatabaseDep) -> Health:
     """The database answers."""
-    service.check_database(engine)
+    await db.run(service.check_database)
     return Health(status="ok")

@@ -36,7 +36,7 @@ class InitSpec(Strict):
 
 class MLPSpec(Strict):
     type: Literal["mlp"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+    hidden: list[Annotated[int, Field(strict=True, ge=1, le=MAX_WIDTH)]] = Field(
         default_factory=lambda: [784], min_length=1, max_length=MAX_DEPTH
     )
     activation: Activation = "tanh"
@@ -46,11 +46,11 @@ class MLPSpec(Strict):
 
 
 class ConvBlockSpec(Strict):
-    channels: int = Field(ge=1, le=4096)
-    kernel: int = Field(3, ge=1, le=15)
-    stride: int = Field(1, ge=1, le=8)
+    channels: int = Field(strict=True, ge=1, le=4096)
+    kernel: int = Field(3, strict=True, ge=1, le=15)
+    stride: int = Field(1, strict=True, ge=1, le=8)
     # Max-pool window after the activation; 1 = no pooling.
-    pool: int = Field(1, ge=1, le=8)
+    pool: int = Field(1, strict=True, ge=1, le=8)
 
 
 class CNNSpec(Strict):
@@ -58,7 +58,7 @@ class CNNSpec(Strict):
     blocks: list[ConvBlockSpec] = Field(min_length=1, max_length=MAX_DEPTH)
     activation: Activation = "relu"
     # Dense hidden layers between the (flattened) conv features and the read-out.
-    hidden: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+    hidden: list[Annotated[int, Field(strict=True, ge=1, le=MAX_WIDTH)]] = Field(
         default_factory=list, max_length=MAX_DEPTH
     )
     hidden_bias: bool = True
@@ -69,7 +69,7 @@ class CNNSpec(Strict):
 class TorchvisionSpec(Strict):
     type: Literal["torchvision"] = "torchvision"
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
-    num_classes: int | None = Field(None, ge=2, le=100_000)
+    num_classes: int | None = Field(None, strict=True, ge=2, le=100_000)
 
 
 ModelSpec = Annotated[MLPSpec | CNNSpec | TorchvisionSpec, Field(discriminator="type")]
@@ -85,13 +85,13 @@ class DatasetSpec(Strict):
     # Validation split carved from the training set; the test split is the dataset's own.
     validation_fraction: float = Field(1 / 12, ge=0.0, lt=1.0)
     # Use at most this many training examples (after the validation split); None = all.
-    max_train_samples: int | None = Field(None, ge=1)
+    max_train_samples: int | None = Field(None, strict=True, ge=1)
     # Image size (square) for image-folder and the input shape override for torchvision models.
-    image_size: int | None = Field(None, ge=4, le=512)
+    image_size: int | None = Field(None, strict=True, ge=4, le=512)
     # Synthetic data only: a seeded Gaussian-mixture classification problem.
-    synthetic_samples: int = Field(2048, ge=16, le=1_000_000)
-    synthetic_features: int = Field(32, ge=1, le=65_536)
-    synthetic_classes: int = Field(4, ge=2, le=1000)
+    synthetic_samples: int = Field(2048, strict=True, ge=16, le=1_000_000)
+    synthetic_features: int = Field(32, strict=True, ge=1, le=65_536)
+    synthetic_classes: int = Field(4, strict=True, ge=2, le=1000)
 
     @field_validator("path")
     @classmethod
@@ -107,7 +107,7 @@ class OptimizerSpec(Strict):
     type: Literal["sgd"] = "sgd"
     learning_rate: float | None = Field(None, gt=0, le=10)
     momentum: float | None = Field(None, ge=0, lt=1)
-    batch_size: int | None = Field(None, ge=1, le=65_536)
+    batch_size: int | None = Field(None, strict=True, ge=1, le=65_536)
     # PyTorch's weight_decay: gradient += weight_decay·W. The paper's λ‖W‖² is weight_decay = 2λ.
     weight_decay: float | None = Field(None, ge=0, le=1)
 
@@ -123,7 +123,7 @@ class RecommendationSpec(Strict):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, strict=True, ge=0, le=2**31 - 1)
     verify: bool = False
     callback_url: str | None = Field(None, max_length=2048)
 

@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, text
+from sqlalchemy import and_, or_, select, text
 from sqlalchemy.orm import Session
 
 from app import queue
@@ -257,11 +257,11 @@ def get_probes(session: Session, *, job_id: str, tenant: str) -> ProbeList:
     return ProbeList(job_id=job_id, probes=probes)
 
 
-def check_database(engine: Engine) -> None:
+def check_database(session: Session) -> None:
     """Raise a 503 problem unless the database answers a trivial query."""
     try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        session.execute(text("SELECT 1"))
+        session.commit()
     except Exception as exc:  # any driver error means "not ready"; the detail says which
         raise ProblemError(
             503,

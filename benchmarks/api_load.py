@@ -3,11 +3,20 @@
 Starts the real server (uvicorn in a subprocess, the app from `app.main:app_from_env`) on the
 embedded SQLite default in a temporary data dir, and on PostgreSQL (a scratch database on
 127.0.0.1:5432) when that is reachable. For each: POST /v1/recommendations (queues real jobs; no
-worker runs), then GET /v1/jobs/{id} over the jobs just created. Clients are asyncio tasks sharing
-one httpx.AsyncClient with one keep-alive connection each; each sends its next request as soon as
-the last one answered (closed loop), so by Little's law mean latency ≈ clients / throughput.
+worker runs), then GET /v1/jobs/{id} over the jobs just created. Every simulated client is its
+own httpx.AsyncClient with one keep-alive connection.
 
-    .venv/bin/python benchmarks/api_load.py [--clients 50] [--requests 3000] [--seconds 60]
+Two modes:
+- closed: each client sends its next request as soon as the last one answered (like `wrk -c 50`).
+  This measures saturation: by Little's law, mean latency ≈ clients / throughput.
+- paced: each client sends one request every --pace seconds (default 0.5 s, four times as often as
+  the API's Retry-After asks a poller to), so latency is the service time plus any queueing a
+  realistic fleet of pollers causes.
+
+Server CPU per request (user + system time of the uvicorn processes, from /proc) is reported too:
+unlike latency, it does not depend on what else the machine is running.
+
+    .venv/bin/python benchmarks/api_load.py [--clients 50] [--requests 2000] [--workers 1,2]
 
 Prints a table and writes benchmarks/results/api_load.json.
 """
@@ -19,6 +28,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -33,6 +43,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -43,7 +54,10 @@ SPEC = {
     "dataset": {"name": "synthetic", "synthetic_samples": 512, "synthetic_features": 16},
     "budget": {"epochs": 2, "probe_fraction": 0.5},
 }
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+Send = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
 
 
 @dataclass
@@ -58,6 +72,7 @@ class Phase:
     p90_ms: float
     p99_ms: float
     max_ms: float
+    server_cpu_ms_per_request: float
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -66,38 +81,66 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its direct children."""
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    total = 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
 async def load(
-    client: httpx.AsyncClient,
+    clients: list[httpx.AsyncClient],
     endpoint: str,
-    send: Callable[[int], Awaitable[httpx.Response]],
+    send: Send,
     expected: int,
     *,
-    clients: int,
+    server_pid: int,
     total: int,
     seconds: float,
+    pace: float,
 ) -> Phase:
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     issued = 0
+    cpu_before = process_tree_cpu(server_pid)
     start = time.perf_counter()
     deadline = start + seconds
 
-    async def one_client() -> None:
+    async def one_client(client: httpx.AsyncClient) -> None:
         nonlocal issued
+        # Paced clients start at random offsets, so the fleet does not poll in lock-step.
+        next_send = start + random.uniform(0, pace)
         while issued < total and time.perf_counter() < deadline:
+            if pace:
+                await asyncio.sleep(max(0.0, next_send - time.perf_counter()))
+                next_send += pace
+                if issued >= total:
+                    break
             i = issued
             issued += 1
             t0 = time.perf_counter()
             try:
-                response = await send(i)
+                response = await send(client, i)
                 if response.status_code != expected:
                     errors[f"HTTP {response.status_code}"] += 1
             except httpx.HTTPError as exc:
                 errors[type(exc).__name__] += 1
             latencies.append(time.perf_counter() - t0)
 
-    await asyncio.gather(*(one_client() for _ in range(clients)))
+    await asyncio.gather(*(one_client(c) for c in clients))
     elapsed = time.perf_counter() - start
+    cpu = process_tree_cpu(server_pid) - cpu_before
     ms = [x * 1000 for x in latencies]
     return Phase(
         endpoint=endpoint,
@@ -110,40 +153,51 @@ async def load(
         p90_ms=round(percentile(ms, 90), 2),
         p99_ms=round(percentile(ms, 99), 2),
         max_ms=round(max(ms), 2),
+        server_cpu_ms_per_request=round(1000 * cpu / max(1, len(latencies)), 3),
     )
 
 
-async def run_load(base_url: str, clients: int, total: int, seconds: float) -> list[Phase]:
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+async def run_load(
+    base_url: str, server_pid: int, clients: int, total: int, seconds: float, pace: float
+) -> list[Phase]:
+    # One AsyncClient (one keep-alive connection) per simulated client, as separate programs
+    # would have; one shared client with 50 pooled connections spends 3x the CPU per request in
+    # its pool bookkeeping, and on a small machine the load generator then measures itself.
+    pool = [
+        httpx.AsyncClient(base_url=base_url, limits=httpx.Limits(max_connections=1), timeout=30)
+        for _ in range(clients)
+    ]
+    try:
         # Warm-up: open the connections, fill the server's pools and caches.
-        warm = [client.post("/v1/recommendations", json=SPEC) for _ in range(clients)]
+        warm = [c.post("/v1/recommendations", json=SPEC) for c in pool]
         ids = [r.json()["id"] for r in await asyncio.gather(*warm)]
-        await asyncio.gather(*(client.get(f"/v1/jobs/{i}") for i in ids))
+        await asyncio.gather(*(c.get(f"/v1/jobs/{i}") for c, i in zip(pool, ids, strict=True)))
 
-        def post(i: int) -> Awaitable[httpx.Response]:
+        def post(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
             return client.post("/v1/recommendations", json={**SPEC, "seed": i})
 
-        posted = await load(
-            client,
-            "POST /v1/recommendations",
-            post,
-            202,
-            clients=clients,
-            total=total,
-            seconds=seconds,
-        )
-        ids += [
-            j["id"]
-            for j in (await client.get("/v1/jobs", params={"page_size": 100})).json()["jobs"]
-        ]
-
-        def get(i: int) -> Awaitable[httpx.Response]:
+        def get(client: httpx.AsyncClient, i: int) -> Awaitable[httpx.Response]:
             return client.get(f"/v1/jobs/{ids[i % len(ids)]}")
 
-        got = await load(
-            client, "GET /v1/jobs/{id}", get, 200, clients=clients, total=total, seconds=seconds
-        )
+        def phase(endpoint: str, send: Send, expected: int) -> Awaitable[Phase]:
+            return load(
+                pool,
+                endpoint,
+                send,
+                expected,
+                server_pid=server_pid,
+                total=total,
+                seconds=seconds,
+                pace=pace,
+            )
+
+        posted = await phase("POST /v1/recommendations", post, 202)
+        page = await pool[0].get("/v1/jobs", params={"page_size": 100})
+        ids += [job["id"] for job in page.json()["jobs"]]
+        got = await phase("GET /v1/jobs/{id}", get, 200)
+    finally:
+        for client in pool:
+            await client.aclose()
     return [got, posted]
 
 
@@ -154,7 +208,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(env: dict[str, str], workers: int) -> Iterator[str]:
+def server(env: dict[str, str], workers: int) -> Iterator[tuple[str, int]]:
+    """uvicorn serving the app; yields (base URL, pid)."""
     port = free_port()
     command = [
         sys.executable,
@@ -171,6 +226,10 @@ def server(env: dict[str, str], workers: int) -> Iterator[str]:
         "--log-level",
         "warning",
         "--no-access-log",
+        # Longer than any pause between the phases, so no client reuses a connection the
+        # server is just closing (a spurious ReadError, not an API error).
+        "--timeout-keep-alive",
+        "60",
     ]
     proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
@@ -187,7 +246,7 @@ def server(env: dict[str, str], workers: int) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the server did not become ready in 60 s")
             time.sleep(0.2)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -202,7 +261,14 @@ def postgres_database() -> Iterator[str | None]:
     from app.db import upgrade
 
     try:
-        admin = psycopg.connect(**PG, dbname="postgres", autocommit=True, connect_timeout=3)
+        admin = psycopg.connect(
+            host=PG_HOST,
+            port=PG_PORT,
+            user=PG_USER,
+            dbname="postgres",
+            autocommit=True,
+            connect_timeout=3,
+        )
     except psycopg.OperationalError as exc:
         print(f"PostgreSQL unreachable, skipped: {str(exc).strip()}", file=sys.stderr)
         yield None
@@ -210,16 +276,18 @@ def postgres_database() -> Iterator[str | None]:
     name = f"edgetune_api_load_{uuid.uuid4().hex[:8]}"
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
+    url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
     try:
         upgrade(Settings(database_url=url))
         yield url
     finally:
-        with psycopg.connect(**PG, dbname="postgres", autocommit=True) as admin:
+        with psycopg.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True
+        ) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def machine() -> dict[str, object]:
+def machine() -> dict[str, Any]:
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -240,56 +308,80 @@ def machine() -> dict[str, object]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {
-            p: version(p) for p in ("fastapi", "starlette", "uvicorn", "sqlalchemy", "httpx")
+            p: version(p)
+            for p in ("fastapi", "starlette", "uvicorn", "sqlalchemy", "httpx", "psycopg")
         },
         "git_revision": revision,
-        "load_average_at_start": list(os.getloadavg()),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=3000, help="per endpoint and database")
-    parser.add_argument("--seconds", type=float, default=60, help="cap per endpoint and database")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--requests", type=int, default=2000, help="per phase")
+    parser.add_argument("--seconds", type=float, default=60, help="cap per phase")
+    parser.add_argument("--workers", default="1,2", help="uvicorn worker processes, a list")
+    parser.add_argument("--modes", default="closed,paced")
+    parser.add_argument("--pace", type=float, default=0.5, help="paced mode: s between requests")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     info = machine()
+    load_before = os.getloadavg()
     runs = []
     for backend in args.backends.split(","):
-        database: AbstractContextManager[str | None] = (
-            postgres_database() if backend == "postgresql" else nullcontext(None)
-        )
-        with tempfile.TemporaryDirectory() as tmp, database as pg_url:
-            env = {"EDGETUNE_DATA_DIR": tmp, "EDGETUNE_DATA_ROOT": tmp}
-            if backend == "postgresql":
-                if pg_url is None:
-                    continue
-                env["EDGETUNE_DATABASE_URL"] = pg_url
-            with server(env, args.workers) as url:
-                phases = asyncio.run(run_load(url, args.clients, args.requests, args.seconds))
-            runs.append({"database": backend, "phases": [asdict(p) for p in phases]})
+        for workers in (int(w) for w in args.workers.split(",")):
+            for mode in args.modes.split(","):
+                database: AbstractContextManager[str | None] = (
+                    postgres_database() if backend == "postgresql" else nullcontext(None)
+                )
+                with tempfile.TemporaryDirectory() as tmp, database as pg_url:
+                    env = {"EDGETUNE_DATA_DIR": tmp, "EDGETUNE_DATA_ROOT": tmp}
+                    if backend == "postgresql":
+                        if pg_url is None:
+                            continue
+                        env["EDGETUNE_DATABASE_URL"] = pg_url
+                    pace = args.pace if mode == "paced" else 0.0
+                    with server(env, workers) as (url, pid):
+                        phases = asyncio.run(
+                            run_load(url, pid, args.clients, args.requests, args.seconds, pace)
+                        )
+                runs.append(
+                    {
+                        "database": backend,
+                        "uvicorn_workers": workers,
+                        "mode": mode,
+                        "pace_seconds": pace,
+                        "phases": [asdict(p) for p in phases],
+                    }
+                )
+                print(f"done: {backend}, {workers} worker(s), {mode}", file=sys.stderr)
+    info["load_average_before"] = [round(x, 2) for x in load_before]
+    info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
 
-    header = f"{'database':<11}{'endpoint':<27}{'req':>6}{'err':>5}{'req/s':>8}"
-    header += f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-    print(f"{args.clients} concurrent clients, {args.workers} uvicorn worker(s), {info['cpu']}")
-    print(header)
+    print(
+        f"{args.clients} concurrent clients over loopback; {info['cpu']}, {info['cpu_count']} "
+        f"CPUs, load average before/after {info['load_average_before'][0]}/"
+        f"{info['load_average_after'][0]}"
+    )
+    print(
+        f"{'database':<11}{'wrk':>4} {'mode':<7}{'endpoint':<26}{'req':>6}{'err':>5}{'req/s':>7}"
+        f"{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'cpu ms/req':>11}"
+    )
     for run in runs:
         for p in run["phases"]:
             print(
-                f"{run['database']:<11}{p['endpoint']:<27}{p['requests']:>6}{p['errors']:>5}"
-                f"{p['requests_per_second']:>8.0f}{p['p50_ms']:>9.1f}{p['p90_ms']:>9.1f}"
-                f"{p['p99_ms']:>9.1f}{p['max_ms']:>9.1f}"
+                f"{run['database']:<11}{run['uvicorn_workers']:>4} {run['mode']:<7}"
+                f"{p['endpoint']:<26}{p['requests']:>6}{p['errors']:>5}"
+                f"{p['requests_per_second']:>7.0f}{p['p50_ms']:>8.1f}{p['p90_ms']:>8.1f}"
+                f"{p['p99_ms']:>8.1f}{p['max_ms']:>8.1f}{p['server_cpu_ms_per_request']:>11.2f}"
             )
     result = {
         "benchmark": "api_load",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/api_load.py " + " ".join(argv or sys.argv[1:]),
         "clients": args.clients,
-        "uvicorn_workers": args.workers,
         "requests_per_phase": args.requests,
         "goal": "GET /v1/jobs/{id} p99 < 50 ms, no errors",
         "machine": info,

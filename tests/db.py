@@ -110,6 +110,12 @@ def pg_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+def sqlite_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """SQLite only: an explicit (not embedded), migrated file in tmp_path."""
+    return make_settings("sqlite", tmp_path, request)
+
+
+@pytest.fixture
 def engine(db_settings: Settings) -> Iterator[Engine]:
     engine = make_engine(db_settings)
     yield engine

@@ -26,17 +26,16 @@ from app import queue
 from app.config import Settings
 from app.db import DatabaseNotMigrated, make_engine, session_factory, upgrade
 from app.main import create_app
-from tests.db import _admin_connect, pg_url, postgres_unavailable
 
 pytest_plugins = ["tests.db"]
 
 PROBLEM = "application/problem+json"
-# A job the worker finishes in a few seconds on a CPU: 512 Gaussian-mixture points, one hidden
-# layer of 32, a 2-epoch budget.
+# A job the worker finishes in a few seconds on a CPU with a recommendation (not a "cannot tell"):
+# 512 Gaussian-mixture points, one hidden layer of 32, a 5-epoch budget, probes worth one run.
 SMALL_SPEC = {
     "model": {"type": "mlp", "hidden": [32]},
     "dataset": {"name": "synthetic", "synthetic_samples": 512, "synthetic_features": 16},
-    "budget": {"epochs": 2, "probe_fraction": 0.5},
+    "budget": {"epochs": 5, "probe_fraction": 1.0},
 }
 
 
@@ -362,6 +361,7 @@ def test_end_to_end_with_a_real_worker(client: httpx.Client, api_settings: Setti
     assert job["status"] == "succeeded", job
     assert job["progress"]["fraction"] == 1.0 and job["attempts"] == 1
     recommendation = client.get(f"{location}/recommendation").json()
+    assert recommendation["validity"]["flags"].get("no_recommendation") is not True
     hyper = recommendation["hyperparameters"]
     assert hyper["learning_rate"] > 0 and 0 <= hyper["momentum"] < 1 and hyper["batch_size"] >= 1
     probes = client.get(f"{location}/probes").json()["probes"]
@@ -396,6 +396,8 @@ def test_an_unmigrated_database_is_refused(tmp_path: Path) -> None:
 @pytest.fixture
 def scratch_pg(tmp_path: Path) -> Iterator[tuple[Settings, str]]:
     """A PostgreSQL database of this test's own (the test drops it under the running server)."""
+    from tests.db import _admin_connect, pg_url, postgres_unavailable
+
     try:
         admin = _admin_connect()
     except psycopg.OperationalError as exc:
@@ -413,6 +415,8 @@ def scratch_pg(tmp_path: Path) -> Iterator[tuple[Settings, str]]:
 def test_database_loss_is_503_on_readyz_and_500_without_traceback(
     scratch_pg: tuple[Settings, str],
 ) -> None:
+    from tests.db import _admin_connect
+
     settings, name = scratch_pg
     with live_server(settings) as url, httpx.Client(base_url=url) as client:
         assert client.get("/readyz").status_code == 200

@@ -22,7 +22,6 @@ from app.db import upgrade
 from app.limits import parameter_count
 from app.schemas import RecommendationSpec
 from app.torchvision_models import TORCHVISION_NAMES, torchvision_parameters
-from tests.db import BACKENDS, _empty_postgres
 from tests.test_api import SMALL_SPEC, assert_problem, live_server
 
 pytest_plugins = ["tests.db"]
@@ -40,6 +39,15 @@ def nested(depth: int) -> Any:
     for _ in range(depth):
         value = [value]
     return value
+
+
+def yaml_alias_bomb() -> bytes:
+    # "Billion laughs": 9 levels of 9 references each, 9⁹ leaves if anything expanded them.
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 9):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    lines.append("model: {type: mlp, hidden: *l8}")
+    return "\n".join(lines).encode()
 
 
 def chunked_2mb() -> Iterator[bytes]:
@@ -244,6 +252,18 @@ CASES = [
         id="yaml-code-tag",
     ),
     pytest.param(
+        {"content": b"model: " + b"[" * 100_000, "headers": {"content-type": "application/yaml"}},
+        400,
+        "nesting depth",
+        id="deep-yaml",
+    ),
+    pytest.param(
+        {"content": yaml_alias_bomb(), "headers": {"content-type": "application/yaml"}},
+        422,
+        "model.hidden.0",
+        id="yaml-alias-bomb",
+    ),
+    pytest.param(
         {"json": SMALL_SPEC, "headers": {"Idempotency-Key": "k" * 300}},
         400,
         "Idempotency-Key",
@@ -267,7 +287,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def client(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, data_root: Path
 ) -> Iterator[httpx.Client]:
@@ -277,6 +297,8 @@ def client(
         settings = Settings(database_url=f"sqlite:///{folder / 'edgetune.db'}", data_dir=folder)
         upgrade(settings)
     else:
+        from tests.db import _empty_postgres
+
         url = request.getfixturevalue("pg_database")
         _empty_postgres(url)
         settings = Settings(database_url=url, data_dir=tmp_path_factory.mktemp("pg"))

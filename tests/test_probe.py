@@ -117,18 +117,26 @@ def test_paper_model_J_squared_grows(fmnist_small):
     assert growth[1] > 2 * growth[0] > 0
 
 
-@pytest.mark.parametrize("lr", [1e3, 1e30])
-def test_divergence_is_an_outcome(lr, digits):
+@pytest.mark.parametrize(
+    ("activation", "lr", "reason"),
+    [
+        ("tanh", 1e3, "J exploded (J_1 = "),
+        ("relu", 1e10, "non-finite loss at step 2"),
+        ("tanh", 1e30, "non-finite order parameter at step 5"),
+    ],
+)
+def test_divergence_is_an_outcome(activation, lr, reason, digits):
+    spec = MLPSpec(hidden=[32, 32], activation=activation)
     configs = [
         ProbeConfig(learning_rate=lr, momentum=0.9, weight_decay=0.0, batch_size=16, seed=0,
                     steps=40),
         ProbeConfig(learning_rate=0.05, momentum=0.9, weight_decay=0.0, batch_size=16, seed=1,
                     steps=40),
     ]  # fmt: skip
-    bad, good = run_population(MLP, digits, configs, device=CPU, measure_every=5, eval_every=20)
-    assert bad.outcome == "diverged" and bad.reason
-    assert "J exploded" in bad.reason or "non-finite" in bad.reason
-    assert bad.steps_done == 5
+    bad, good = run_population(spec, digits, configs, device=CPU, measure_every=5, eval_every=20)
+    assert bad.outcome == "diverged" and bad.reason is not None
+    assert bad.reason.startswith(reason)
+    assert bad.steps_done == 5  # noticed at the first measurement after it happened
     assert good.outcome == "completed" and good.steps_done == 40 and good.reason is None
     assert good.records[-1].step == 40
     # A diverged probe still serialises as strict JSON: its records hold only finite numbers.

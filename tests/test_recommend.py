@@ -50,11 +50,15 @@ def test_plan_is_deterministic_and_within_budget(digits: Dataset) -> None:
     full_run = spec.budget.epochs * digits.train_size
     assert samples <= spec.budget.probe_fraction * full_run * 1.05
     # Several effective learning rates, all in the stable range.
-    effective = {p.config.learning_rate / ((1 - p.config.momentum) * p.config.batch_size)
-                 for p in plan if p.purpose == "growth"}
+    effective = {
+        p.config.learning_rate / ((1 - p.config.momentum) * p.config.batch_size)
+        for p in plan
+        if p.purpose == "growth"
+    }
     assert len(effective) >= 3
     for p in plan:
-        assert p.config.learning_rate / (1 - p.config.momentum) <= R.MAX_EFFECTIVE_STEP + 1e-12
+        step = p.config.learning_rate / (1 - p.config.momentum)
+        assert step <= R.max_step(p.config.batch_size) + 1e-12
 
 
 def test_same_spec_and_seed_give_the_same_recommendation(digits: Dataset) -> None:
@@ -66,7 +70,9 @@ def test_same_spec_and_seed_give_the_same_recommendation(digits: Dataset) -> Non
     assert isinstance(hp, dict)
     assert hp["paper_lambda"] == pytest.approx(hp["weight_decay"] / 2)
     assert hp["torch_sgd_kwargs"] == {
-        "lr": hp["learning_rate"], "momentum": hp["momentum"], "weight_decay": hp["weight_decay"]
+        "lr": hp["learning_rate"],
+        "momentum": hp["momentum"],
+        "weight_decay": hp["weight_decay"],
     }
     edge = first["edge"]
     assert isinstance(edge, dict)
@@ -75,19 +81,26 @@ def test_same_spec_and_seed_give_the_same_recommendation(digits: Dataset) -> Non
 
 
 def test_fixed_knobs_are_respected_exactly(digits: Dataset) -> None:
-    spec = _spec(optimizer={"learning_rate": 0.013, "momentum": 0.7, "batch_size": 16,
-                            "weight_decay": 0.0})
+    spec = _spec(
+        optimizer={"learning_rate": 0.013, "momentum": 0.7, "batch_size": 16, "weight_decay": 0.0}
+    )
     rec = _run(spec, digits)
     hp = rec["hyperparameters"]
     assert isinstance(hp, dict)
     assert (hp["learning_rate"], hp["momentum"], hp["batch_size"], hp["weight_decay"]) == (
-        0.013, 0.7, 16, 0.0)
+        0.013,
+        0.7,
+        16,
+        0.0,
+    )
 
 
 def test_unreachable_edge_with_fixed_knobs_is_said_plainly(digits: Dataset) -> None:
     # A tiny fixed learning rate and no decay: the edge lies far beyond a 2-epoch budget.
-    spec = _spec(optimizer={"learning_rate": 1e-4, "momentum": 0.0, "batch_size": 64,
-                            "weight_decay": 0.0}, budget={"epochs": 2, "probe_fraction": 1.0})
+    spec = _spec(
+        optimizer={"learning_rate": 1e-4, "momentum": 0.0, "batch_size": 64, "weight_decay": 0.0},
+        budget={"epochs": 2, "probe_fraction": 1.0},
+    )
     rec = _run(spec, digits)
     validity = rec["validity"]
     assert isinstance(validity, dict)
@@ -101,13 +114,25 @@ def test_unreachable_edge_with_fixed_knobs_is_said_plainly(digits: Dataset) -> N
 @pytest.mark.parametrize(
     "model",
     [
-        {"type": "mlp", "hidden": [48, 48, 48], "activation": "relu", "hidden_bias": True,
-         "init": {"scheme": "edge", "J": 0.8}},
-        {"type": "mlp", "hidden": [96, 48], "activation": "tanh", "init": {"scheme": "edge",
-                                                                           "J": 0.5}},
-        {"type": "cnn", "blocks": [{"channels": 8, "kernel": 3}, {"channels": 8, "kernel": 3,
-                                                                    "pool": 2}],
-         "activation": "relu", "init": {"scheme": "edge", "J": 0.8}},
+        {
+            "type": "mlp",
+            "hidden": [48, 48, 48],
+            "activation": "relu",
+            "hidden_bias": True,
+            "init": {"scheme": "edge", "J": 0.8},
+        },
+        {
+            "type": "mlp",
+            "hidden": [96, 48],
+            "activation": "tanh",
+            "init": {"scheme": "edge", "J": 0.5},
+        },
+        {
+            "type": "cnn",
+            "blocks": [{"channels": 8, "kernel": 3}, {"channels": 8, "kernel": 3, "pool": 2}],
+            "activation": "relu",
+            "init": {"scheme": "edge", "J": 0.8},
+        },
     ],
     ids=["relu-mlp-3", "tanh-mlp-2-nonsquare", "cnn"],
 )
@@ -129,8 +154,14 @@ def test_architectures_beyond_the_paper(digits: Dataset, model: dict[str, object
 
 
 def test_chaotic_start_gives_a_reason_not_a_number(digits: Dataset) -> None:
-    spec = _spec(model={"type": "mlp", "hidden": [64], "activation": "tanh",
-                        "init": {"scheme": "edge", "J": 2.0}})
+    spec = _spec(
+        model={
+            "type": "mlp",
+            "hidden": [64],
+            "activation": "tanh",
+            "init": {"scheme": "edge", "J": 2.0},
+        }
+    )
     rec = _run(spec, digits)
     assert rec["hyperparameters"] is None
     validity = rec["validity"]
@@ -142,17 +173,19 @@ def test_choose_config_solves_the_growth_law() -> None:
     spec = _spec(budget={"epochs": 20, "probe_fraction": 1.0})
     train = 55_000
     k, c = 11.0, 2.0 * train  # the simple theory: c_D = 2S, so wd* = k/(2S)
-    choice = R.choose_config(spec, k=k, c=c, y0=0.25, train_size=train,
-                             batch_candidates=[32, 64, 128], eta_cap=R.MAX_EFFECTIVE_STEP)
+    choice = R.choose_config(
+        spec, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32, 64, 128]
+    )
     assert choice.weight_decay == pytest.approx(k / (2 * train))
     assert choice.growth == pytest.approx(choice.decay_rate)  # equilibrium exactly at the edge
     y_end = R.fit.predict_trajectory([choice.epochs], choice.growth, choice.decay_rate, 0.25)[0]
     assert y_end == pytest.approx(1 - R.SATURATION_GAP, abs=1e-6)
-    assert choice.learning_rate / (1 - choice.momentum) <= R.MAX_EFFECTIVE_STEP + 1e-12
+    assert choice.learning_rate / (1 - choice.momentum) <= R.max_step(choice.batch_size) + 1e-12
     # Without decay the edge is met exactly at the end of the budget.
     no_decay = _spec(optimizer={"weight_decay": 0.0}, budget={"epochs": 20, "probe_fraction": 1})
-    choice = R.choose_config(no_decay, k=k, c=None, y0=0.25, train_size=train,
-                             batch_candidates=[32], eta_cap=R.MAX_EFFECTIVE_STEP)
+    choice = R.choose_config(
+        no_decay, k=k, c=None, y0=0.25, train_size=train, batch_candidates=[32]
+    )
     assert choice.weight_decay == 0.0
     assert R.edge_epoch(choice, 0.25) == pytest.approx(20.0)
     assert math.isclose(choice.growth * 20, 0.75)

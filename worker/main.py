@@ -137,7 +137,7 @@ class JobRun:
             return
         data = result.to_dict()
         with self.sessions() as session:
-            queue.store_probe(
+            fresh = queue.store_probe(
                 session,
                 self.job.id,
                 key=probe.key,
@@ -148,7 +148,13 @@ class JobRun:
             )
         self.stored_keys.add(probe.key)
         self.steps_stored += probe.config.steps
-        self.log.info("probe %s stored (%s, %.1f s)", probe.key, result.outcome, result.seconds)
+        self.log.info(
+            "probe %s %s (%s, %.1f s)",
+            probe.key,
+            "stored" if fresh else "was already stored by another worker",
+            result.outcome,
+            result.seconds,
+        )
 
     def run(self) -> None:
         """Run the job to an end state or a halt; errors propagate to `finish_with_error`."""

@@ -3,11 +3,18 @@
 A probe is one configuration (learning rate, momentum, weight decay, batch size, seed) trained for
 a few hundred to a few thousand steps while its order parameters are recorded. Probes that share a
 model spec and a batch size train together as one *population*: their parameters are stacked along
-a leading member axis (`torch.func.stack_module_state`), one vmapped `grad_and_value` over
-`functional_call` gives every member's loss and gradient in one pass, and SGD is applied to the
-stacked tensors with per-member hyperparameters broadcast along that axis. Members never mix: each
-has its own initialisation, data order and optimizer state, and the result equals running the same
-configurations one by one with `torch.optim.SGD` (see `train_sequential`, the reference loop).
+a leading member axis (`torch.func.stack_module_state`); one vmapped `functional_call` computes
+every member's logits on its own minibatch; one backward pass of the summed member losses gives
+each member the gradient of its own loss (members share no parameters); SGD is applied to the
+stacked tensors with per-member hyperparameters broadcast along that axis. A vmapped
+`torch.func.grad_and_value` gives the same gradients but costs about twice the Python time per step
+(measured on a tiny model), the part of a small model's step that a GPU does not speed up.
+
+Members never mix: each has its own initialisation (`torch.manual_seed(seed)` on the CPU generator,
+then `build_model` on the CPU, so it is the same on every device), its own data order (a CPU
+generator seeded with seed + 1, a fresh permutation per epoch, the last incomplete batch dropped)
+and its own optimizer state. The result equals running the same configurations one by one with
+`torch.optim.SGD` (`train_sequential`, the reference loop) to float32 rounding.
 
 SGD follows PyTorch's semantics exactly: d_p = g + weight_decay·p; buf = momentum·buf + d_p (the
 first step buf = d_p); p -= lr·buf. `weight_decay` is PyTorch's; the paper writes its L2 term as
@@ -31,13 +38,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import (
-    functional_call,
-    grad_and_value,
-    replace_all_batch_norm_modules_,
-    stack_module_state,
-    vmap,
-)
+from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state, vmap
 
 from app.schemas import ModelSpec
 from worker.data import Dataset
@@ -254,45 +255,94 @@ def train_sequential(
     return model
 
 
-def _shape_for(hyper: Tensor, like: Tensor) -> Tensor:
-    """A (P,) tensor viewed as (P, 1, 1, ...) to broadcast against a stacked parameter."""
-    return hyper.view((-1,) + (1,) * (like.dim() - 1))
+def _member_losses(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy per member: logits (P, B, classes), targets (P, B) → (P,).
+
+    The same numbers as F.cross_entropy per member, written with log_softmax + gather because
+    cross_entropy under vmap goes through a Python decomposition that costs more than the math.
+    """
+    picked = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return -picked.mean(-1)
 
 
-@dataclass
 class _Population:
     """The live members' state, stacked along dim 0 in the order of `members`."""
 
-    members: list[int]  # indices into the configs of the live members
-    params: dict[str, Tensor]
-    momentum_buffers: dict[str, Tensor]
-    buffers: dict[str, Tensor]
-    neg_lr: Tensor  # (P,) −learning rate
-    momentum: Tensor  # (P,)
-    weight_decay: Tensor  # (P,)
-    order: Tensor  # (P, train_size): this epoch's data order per member
-    loss_sum: Tensor  # (P,) sum of minibatch losses since the last record
-    first_bad: Tensor  # (P,) first step with a non-finite loss, −1 if none
+    def __init__(
+        self,
+        configs: list[ProbeConfig],
+        params: dict[str, Tensor],
+        buffers: dict[str, Tensor],
+        device: torch.device,
+    ) -> None:
+        self.configs = configs
+        self.device = device
+        self.members = list(range(len(configs)))  # indices into configs of the live members
+        # Leaves that require grad: one backward of the summed member losses gives every member
+        # the gradient of its own loss (members share no parameters).
+        self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        self.buffers = {k: v.detach() for k, v in buffers.items()}
+        # Members only ever leave, so a population without momentum never needs the buffers.
+        self.heavy_ball = any(c.momentum > 0 for c in configs)
+        self.momentum_buffers = (
+            {k: torch.zeros_like(v) for k, v in params.items()} if self.heavy_ball else {}
+        )
+        self.order = torch.empty((len(configs), 0), dtype=torch.long, device=device)
+        self.losses: list[Tensor] = []  # (P,) minibatch losses of each step since the last record
+        self._set_hyperparameters()
 
-    def keep(self, positions: list[int]) -> None:
-        """Drop every member not at `positions` (frozen members cost nothing afterwards)."""
-        index = torch.tensor(positions, dtype=torch.long, device=self.neg_lr.device)
-        self.members = [self.members[p] for p in positions]
-        for state in (self.params, self.momentum_buffers, self.buffers):
-            for name, t in state.items():
-                state[name] = t.index_select(0, index)
-        for name in ("neg_lr", "momentum", "weight_decay", "order", "loss_sum", "first_bad"):
-            setattr(self, name, getattr(self, name).index_select(0, index))
+    def _set_hyperparameters(self) -> None:
+        live = [self.configs[m] for m in self.members]
 
-    def sgd_step(self, grads: dict[str, Tensor]) -> None:
-        """PyTorch SGD on every member at once (in place; the grads are consumed)."""
+        def column(values: list[float]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+        neg_lr = column([-c.learning_rate for c in live])
+        momentum = column([c.momentum for c in live])
+        decay = column([c.weight_decay for c in live])
+        self.decays = any(c.weight_decay > 0 for c in live)
+        # Per parameter, the (P,) hyperparameters viewed as (P, 1, ...) to broadcast.
+        self.hyper = {}
         for name, p in self.params.items():
-            d_p = grads[name]
-            pass
-            buf = self.momentum_buffers[name]
-            # buf starts at zero, so the first step gives buf = d_p exactly, as in PyTorch.
-            buf.mul_(_shape_for(self.momentum, p)).add_(d_p)  # buf = α·buf + d_p
-            p.addcmul_(buf, _shape_for(self.neg_lr, p))  # p -= lr·buf
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            self.hyper[name] = (neg_lr.view(shape), momentum.view(shape), decay.view(shape))
+
+    @torch.no_grad()
+    def keep(self, positions: list[int]) -> None:
+        """Drop every member not at `positions`: frozen members cost nothing afterwards.
+
+        Called right after a measurement, when `losses` is empty.
+        """
+        index = torch.tensor(positions, dtype=torch.long, device=self.device)
+        self.members = [self.members[p] for p in positions]
+        self.params = {
+            k: v.index_select(0, index).requires_grad_(True) for k, v in self.params.items()
+        }
+        self.momentum_buffers = {
+            k: v.index_select(0, index) for k, v in self.momentum_buffers.items()
+        }
+        self.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
+        self.order = self.order.index_select(0, index)
+        self._set_hyperparameters()
+
+    @torch.no_grad()
+    def sgd_step(self, grads: tuple[Tensor, ...]) -> None:
+        """PyTorch's SGD on every member at once, in place (the grads are consumed).
+
+        Each line is one pass over the stacked tensors; on CPU and GPU alike these passes, not the
+        matmuls, dominate a step of a small model, so none is spent that is not needed.
+        """
+        for (name, p), d_p in zip(self.params.items(), grads, strict=True):
+            neg_lr, momentum, decay = self.hyper[name]
+            if self.decays:
+                d_p.addcmul_(p, decay)  # d_p = g + wd·p
+            if self.heavy_ball:
+                # buf = α·buf + d_p in one pass. buf starts at zero, so the first step gives
+                # buf = d_p exactly, and α = 0 gives buf = d_p, both as in PyTorch.
+                buf = self.momentum_buffers[name]
+                torch.addcmul(d_p, buf, momentum, out=buf)
+                d_p = buf
+            p.addcmul_(d_p, neg_lr)  # p -= lr·buf
 
 
 def _finite(values: list[float] | None) -> bool:
@@ -320,7 +370,8 @@ def run_population(
 
     `on_progress` is called after every measurement; returning False cancels the run at once
     (unfinished members end "cancelled"). `stop_when(member, records)` is asked at every
-    measurement and freezes the member as "stopped" when it returns True.
+    measurement and freezes the member as "stopped" when it returns True. With `keep_params`,
+    each result carries its member's final parameters (on the CPU).
     """
     if not configs:
         raise ValueError("a population needs at least one config")
@@ -364,42 +415,40 @@ def run_population(
     x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
 
     params, buffers = stack_module_state(models)
-    params = {k: v.detach() for k, v in params.items()}
-    buffers = {k: v.detach() for k, v in buffers.items()}
+    pop = _Population(configs, params, buffers, device)
     # The template only supplies the structure; its own storage is not needed.
     template = template.to("meta")
-    del models
-
-    def loss_fn(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(template, (p, b), (x,)), y)
+    del models, params, buffers
 
     def logits_fn(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
         out: Tensor = functional_call(template, (p, b), (x,))
         return out
 
     # randomness="different": dropout (some torchvision models) draws its own mask per member.
-    train_fn = vmap(grad_and_value(loss_fn), in_dims=(0, 0, 0, 0), randomness="different")
-    logits_all = vmap(logits_fn, in_dims=(0, 0, None))
+    train_logits = vmap(logits_fn, in_dims=(0, 0, 0), randomness="different")
+    shared_logits = vmap(logits_fn, in_dims=(0, 0, None))  # every member on the same batch
     measure_all = vmap(lambda p: measure(template, p, x_measure, infos))
     apjn_all = vmap(lambda p: measure(template, p, x_apjn, infos, vectors)["apjn"])
 
+    def evaluate() -> tuple[list[float], list[float]]:
+        """Mean validation loss and accuracy per member, in chunks (memory ∝ P × chunk)."""
+        template.eval()  # dropout off; BatchNorm keeps using batch statistics
+        members = len(pop.members)
+        loss_sum = torch.zeros(members, device=device)
+        correct = torch.zeros(members, device=device)
+        for s in range(0, n_val, VAL_CHUNK):
+            x, y = x_val[s : s + VAL_CHUNK], y_val[s : s + VAL_CHUNK]
+            logits = shared_logits(pop.params, pop.buffers, x)  # (P, chunk, classes)
+            loss_sum += _member_losses(logits, y.expand(members, -1)) * x.shape[0]
+            correct += (logits.argmax(-1) == y).sum(1)
+        template.train()
+        return (loss_sum / n_val).tolist(), (correct / n_val).tolist()
+
     n = len(configs)
-    pop = _Population(
-        members=list(range(n)),
-        params=params,
-        momentum_buffers={k: torch.zeros_like(v) for k, v in params.items()},
-        buffers=buffers,
-        neg_lr=torch.tensor([-c.learning_rate for c in configs], device=device),
-        momentum=torch.tensor([c.momentum for c in configs], device=device),
-        weight_decay=torch.tensor([c.weight_decay for c in configs], device=device),
-        order=torch.empty((n, 0), dtype=torch.long, device=device),
-        loss_sum=torch.zeros(n, device=device),
-        first_bad=torch.full((n,), -1, dtype=torch.long, device=device),
-    )
-    generators = [_order_generator(c.seed) for c in configs]
     records: list[list[ProbeRecord]] = [[] for _ in configs]
     results: list[ProbeResult | None] = [None] * n
     steps_total = max(c.steps for c in configs)
+    generators = [_order_generator(c.seed) for c in configs]
 
     def freeze(position: int, step: int, outcome: Outcome, reason: str | None) -> None:
         member = pop.members[position]
@@ -417,156 +466,125 @@ def run_population(
         )
         logger.debug("probe %d %s at step %d: %s", member, outcome, step, reason)
 
+    def record_and_judge(step: int, last_record: int, with_eval: bool) -> bool:
+        """Measure every live member, append its record, freeze those that are done.
+
+        Returns False when on_progress cancelled the run.
+        """
+        with torch.no_grad():
+            host = {k: v.cpu().tolist() for k, v in measure_all(pop.params).items()}
+            if step == 0:
+                logits = shared_logits(pop.params, pop.buffers, x_measure)
+                losses = _member_losses(logits, y_measure.expand(len(pop.members), -1))
+                train_loss = losses.tolist()
+                bad_since = [-1] * len(pop.members)
+            else:
+                per_step = torch.stack(pop.losses).cpu()  # (steps since last record, P)
+                train_loss = per_step.mean(0).tolist()
+                ok = torch.isfinite(per_step)
+                bad_since = [
+                    last_record + int(ok[:, i].logical_not().nonzero()[0])
+                    if not bool(ok[:, i].all())
+                    else -1
+                    for i in range(len(pop.members))
+                ]
+            pop.losses.clear()
+            val_loss: list[float] | None = None
+            val_accuracy: list[float] | None = None
+            apjn: list[list[float]] | None = None
+            if with_eval:
+                if n_val > 0:
+                    val_loss, val_accuracy = evaluate()
+                if is_edge:
+                    apjn = apjn_all(pop.params).cpu().tolist()
+        keep: list[int] = []
+        for position, member in enumerate(pop.members):
+            lyapunov = host["lyapunov"][position] if "lyapunov" in host else None
+            record = ProbeRecord(
+                step=step,
+                epoch=step * batch / train_size,
+                J=host["J"][position],
+                J0=host["J0"][position],
+                chi=host["chi"][position] if "chi" in host else None,
+                # ln χ = −inf (a dead ReLU layer) is no exponent worth storing.
+                lyapunov=lyapunov if lyapunov is not None and math.isfinite(lyapunov) else None,
+                apjn=apjn[position] if apjn is not None else None,
+                train_loss=train_loss[position],
+                val_loss=val_loss[position] if val_loss is not None else None,
+                val_accuracy=val_accuracy[position] if val_accuracy is not None else None,
+            )
+            finite = all(_finite(v) for v in (record.J, record.J0, record.chi, record.apjn))
+            finite = finite and all(
+                v is None or math.isfinite(v) for v in (record.train_loss, record.val_loss)
+            )
+            if finite:  # records hold finite numbers only, so they stay strict JSON
+                records[member].append(record)
+            if bad_since[position] >= 0:
+                reason = f"non-finite loss at step {bad_since[position]}"
+                freeze(position, step, "diverged", reason)
+            elif not finite:
+                freeze(position, step, "diverged", f"non-finite order parameter at step {step}")
+            elif max(record.J) > J_BOUND:
+                layer = max(range(len(record.J)), key=lambda i: record.J[i])
+                reason = f"J exploded (J_{layer} = {record.J[layer]:.3g}) at step {step}"
+                freeze(position, step, "diverged", reason)
+            elif configs[member].steps == step:
+                freeze(position, step, "completed", None)
+            elif stop_when is not None and stop_when(member, records[member]):
+                freeze(position, step, "stopped", f"stop_when at step {step}")
+            else:
+                keep.append(position)
+        if len(keep) < len(pop.members):
+            pop.keep(keep)
+        if on_progress is None:
+            return True
+        progress = ProbeProgress(
+            step=step,
+            steps_total=steps_total,
+            seconds=time.perf_counter() - start,
+            records=[list(r) for r in records],
+            results_so_far=list(results),
+        )
+        if on_progress(progress):
+            return True
+        for position in range(len(pop.members)):
+            freeze(position, step, "cancelled", f"cancelled at step {step}")
+        return False
+
     # The dropout masks of torchvision models come from the global generator: seed it (on a fork,
     # so the caller's RNG is untouched) so that the same configs give the same run.
-    rng_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices, device_type=device.type):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(configs[0].seed)
         step = 0
         last_record = 0
         while pop.members:
             finishing = any(configs[m].steps == step for m in pop.members)
-            due = (
+            if (
                 step == 0
                 or finishing
                 or (measure_every > 0 and step % measure_every == 0)
                 or (eval_every > 0 and step % eval_every == 0)
-            )
-            if due:
-                evaluate = eval_every > 0 and (step % eval_every == 0 or finishing)
-                with torch.no_grad():
-                    values = measure_all(pop.params)
-                    host = {k: v.cpu().tolist() for k, v in values.items()}
-                    if step == 0:
-                        logits = logits_all(pop.params, pop.buffers, x_measure)
-                        per_member = F.cross_entropy(
-                            logits.flatten(0, 1),
-                            y_measure.repeat(len(pop.members)),
-                            reduction="none",
-                        )
-                        train_loss = per_member.view(len(pop.members), -1).mean(1).tolist()
-                    else:
-                        train_loss = (pop.loss_sum / (step - last_record)).tolist()
-                    first_bad = pop.first_bad.tolist()
-                    pop.loss_sum.zero_()
-                    val_loss: list[float] | None = None
-                    val_accuracy: list[float] | None = None
-                    apjn: list[list[float]] | None = None
-                    if evaluate:
-                        if n_val > 0:
-                            val_loss, val_accuracy = _evaluate(
-                                logits_all, pop.params, pop.buffers, x_val, y_val, template
-                            )
-                        if is_edge:
-                            apjn = apjn_all(pop.params).cpu().tolist()
-                last_record = step
-                keep: list[int] = []
-                for position, member in enumerate(pop.members):
-                    lyapunov = host["lyapunov"][position] if "lyapunov" in host else None
-                    record = ProbeRecord(
-                        step=step,
-                        epoch=step * batch / train_size,
-                        J=host["J"][position],
-                        J0=host["J0"][position],
-                        chi=host["chi"][position] if "chi" in host else None,
-                        # ln χ = −inf (a dead ReLU layer) has no Lyapunov exponent worth storing.
-                        lyapunov=lyapunov
-                        if lyapunov is not None and math.isfinite(lyapunov)
-                        else None,
-                        apjn=apjn[position] if apjn is not None else None,
-                        train_loss=train_loss[position],
-                        val_loss=val_loss[position] if val_loss is not None else None,
-                        val_accuracy=val_accuracy[position] if val_accuracy is not None else None,
-                    )
-                    finite = all(
-                        _finite(v) for v in (record.J, record.J0, record.chi, record.apjn)
-                    ) and all(
-                        v is None or math.isfinite(v) for v in (record.train_loss, record.val_loss)
-                    )
-                    if finite:
-                        records[member].append(record)
-                    if first_bad[position] >= 0:
-                        freeze(
-                            position,
-                            step,
-                            "diverged",
-                            f"non-finite loss at step {first_bad[position]}",
-                        )
-                    elif not finite:
-                        freeze(
-                            position, step, "diverged", f"non-finite order parameter at step {step}"
-                        )
-                    elif max(record.J) > J_BOUND:
-                        layer = max(range(len(record.J)), key=lambda i: record.J[i])
-                        freeze(
-                            position,
-                            step,
-                            "diverged",
-                            f"J exploded (J_{layer} = {record.J[layer]:.3g}) at step {step}",
-                        )
-                    elif configs[member].steps == step:
-                        freeze(position, step, "completed", None)
-                    elif stop_when is not None and stop_when(member, records[member]):
-                        freeze(position, step, "stopped", f"stop_when at step {step}")
-                    else:
-                        keep.append(position)
-                if len(keep) < len(pop.members):
-                    pop.keep(keep)
-                if on_progress is not None:
-                    progress = ProbeProgress(
-                        step=step,
-                        steps_total=steps_total,
-                        seconds=time.perf_counter() - start,
-                        records=[list(r) for r in records],
-                        results_so_far=list(results),
-                    )
-                    if not on_progress(progress):
-                        for position in range(len(pop.members)):
-                            freeze(position, step, "cancelled", f"cancelled at step {step}")
-                        break
-                if not pop.members:
+            ):
+                with_eval = eval_every > 0 and (step % eval_every == 0 or finishing)
+                if not record_and_judge(step, last_record, with_eval) or not pop.members:
                     break
+                last_record = step
 
-            position_in_epoch = step % steps_per_epoch
-            if position_in_epoch == 0:
+            position = step % steps_per_epoch
+            if position == 0:
                 pop.order = torch.stack(
                     [torch.randperm(train_size, generator=generators[m]) for m in pop.members]
                 ).to(device)
-            idx = pop.order[:, position_in_epoch * batch : (position_in_epoch + 1) * batch]
-            grads, loss = train_fn(pop.params, pop.buffers, data.x_train[idx], data.y_train[idx])
-            with torch.no_grad():
-                pop.sgd_step(grads)
-                pop.loss_sum += loss
-                # Checked on the device, read at the next measurement: no host sync per step.
-                # Until then a diverged member keeps stepping; its values are meaningless anyway.
-                bad = ~torch.isfinite(loss) & (pop.first_bad < 0)
-                pop.first_bad = torch.where(bad, step, pop.first_bad)
+            idx = pop.order[:, position * batch : (position + 1) * batch]
+            logits = train_logits(pop.params, pop.buffers, data.x_train[idx])
+            losses = _member_losses(logits, data.y_train[idx])
+            grads = torch.autograd.grad(losses.sum(), tuple(pop.params.values()))
+            pop.sgd_step(grads)
+            # Read at the next record: no host sync per step. Until then a member whose loss went
+            # non-finite keeps stepping; its values are meaningless anyway and touch no other.
+            pop.losses.append(losses.detach())
             step += 1
 
     finished = [r for r in results if r is not None]
     assert len(finished) == n
     return finished
-
-
-def _evaluate(
-    logits_all: Callable[..., Tensor],
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x_val: Tensor,
-    y_val: Tensor,
-    template: nn.Module,
-) -> tuple[list[float], list[float]]:
-    """Mean validation loss and accuracy per member, in chunks (memory grows with P × chunk)."""
-    template.eval()  # dropout off; BatchNorm keeps using batch statistics (no running stats)
-    members = next(iter(params.values())).shape[0]
-    loss_sum = torch.zeros(members, device=x_val.device)
-    correct = torch.zeros(members, device=x_val.device)
-    for s in range(0, x_val.shape[0], VAL_CHUNK):
-        x, y = x_val[s : s + VAL_CHUNK], y_val[s : s + VAL_CHUNK]
-        logits = logits_all(params, buffers, x)  # (P, chunk, classes)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(members), reduction="none")
-        loss_sum += loss.view(members, -1).sum(1)
-        correct += (logits.argmax(-1) == y).sum(1)
-    template.train()
-    n = x_val.shape[0]
-    return (loss_sum / n).tolist(), (correct / n).tolist()

@@ -1,0 +1,281 @@
+"""The worker against real databases and real torch: runs, failures, cancel, and as separate
+processes on PostgreSQL: 4 workers × 40 jobs, kill -9 mid-job, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import queue
+from app.config import Settings
+from app.db import make_engine, session_factory
+from app.models import Job, Probe, Recommendation
+from app.schemas import RecommendationSpec
+from worker.data import load_dataset
+from worker.main import run_worker
+from worker.recommend import plan_probes
+
+pytest_plugins = ["tests.db"]
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+# A job in well under a second once torch is warm: a few probes of a few steps each.
+TINY: dict[str, Any] = {
+    "model": {"type": "mlp", "hidden": [16]},
+    "dataset": {"name": "synthetic", "synthetic_samples": 1024, "synthetic_features": 16},
+    "budget": {"epochs": 2, "probe_fraction": 0.5},
+}
+# A job of several seconds in two populations (batch 32, then 4×32), so a worker can be stopped
+# after some probes are stored and before the last one is.
+LONGER: dict[str, Any] = {
+    "model": {"type": "mlp", "hidden": [32]},
+    "dataset": {"name": "synthetic", "synthetic_samples": 10_000, "synthetic_features": 32},
+    "budget": {"epochs": 20, "probe_fraction": 0.5},
+}
+
+
+def planned_keys(spec: dict[str, Any], settings: Settings) -> list[str]:
+    parsed = RecommendationSpec.model_validate(spec)
+    dataset = load_dataset(parsed.dataset, settings.data_roots, parsed.seed)
+    return [p.key for p in plan_probes(parsed, dataset)]
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def job_state(sessions: sessionmaker[Session], job_id: str) -> Job:
+    with sessions() as session:
+        job = queue.get_job(session, job_id)
+    assert job is not None
+    return job
+
+
+def submit(sessions: sessionmaker[Session], spec: dict[str, Any], **kw: Any) -> str:
+    with sessions() as session:
+        job, _ = queue.create_job(session, spec=spec, **kw)
+    return job.id
+
+
+# --- in-process, on both databases -----------------------------------------------------------
+
+
+def test_a_job_runs_to_a_recommendation(
+    db_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    job_id = submit(sessions, TINY)
+    assert run_worker(db_settings, once=True) == 0
+    job = job_state(sessions, job_id)
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 1 and job.lease_owner is None and job.finished_at is not None
+    keys = planned_keys(TINY, db_settings)
+    assert job.progress["probes_done"] == job.progress["probes_total"] == len(keys)
+    assert job.progress["fraction"] == 1.0
+    with sessions() as session:
+        probes = queue.stored_probes(session, job_id)
+        result = queue.get_recommendation(session, job_id)
+    assert sorted(probes) == sorted(keys)
+    assert all(p["result"]["records"] for p in probes.values())
+    assert result is not None
+    assert {"learning_rate", "momentum", "batch_size", "weight_decay"} <= set(
+        result["hyperparameters"]
+    )
+    assert result["cost"]["device"] == "cpu"
+
+
+def test_a_spec_that_can_never_run_fails_at_once(
+    db_settings: Settings, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    settings = db_settings.model_copy(update={"data_root": str(tmp_path)})
+    missing = submit(sessions, {"dataset": {"name": "fashion-mnist", "path": "nowhere"}})
+    invalid = submit(sessions, {"model": {"type": "mlp", "hidden": [-3]}})
+    run_worker(settings, once=True)
+    run_worker(settings, once=True)
+    for job_id, message in ((missing, "missing"), (invalid, "hidden")):
+        job = job_state(sessions, job_id)
+        assert job.status == "failed" and job.attempts == 1, (job.status, job.error)
+        assert job.error is not None and message in job.error
+
+
+def test_cancel_stops_a_running_job_at_the_next_measurement(
+    db_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    job_id = submit(sessions, LONGER)
+    worker = threading.Thread(target=run_worker, args=(db_settings,), kwargs={"once": True})
+    worker.start()
+    try:
+        wait_for(
+            lambda: job_state(sessions, job_id).progress.get("phase") == "probing", 60, "probing"
+        )
+        asked = time.monotonic()
+        with sessions() as session:
+            queue.request_cancel(session, job_id)
+        wait_for(lambda: job_state(sessions, job_id).status == "cancelled", 20, "cancelled")
+        assert time.monotonic() - asked < 10
+    finally:
+        worker.join(timeout=60)
+    assert not worker.is_alive()
+    with sessions() as session:
+        assert queue.get_recommendation(session, job_id) is None
+
+
+# --- separate worker processes ---------------------------------------------------------------
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Starts `python -m worker.main` processes (logs in tmp_path); kills leftovers at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(settings: Settings, name: str, **env: str) -> subprocess.Popen[bytes]:
+        environment = {
+            **os.environ,
+            "EDGETUNE_DATABASE_URL": settings.database_url,
+            "EDGETUNE_DATA_DIR": str(tmp_path / "data"),
+            "EDGETUNE_POLL_SECONDS": "0.1",
+            "EDGETUNE_LOG_LEVEL": "INFO",
+            # Several workers share two cores: one thread each avoids oversubscription.
+            "OMP_NUM_THREADS": "1",
+            **env,
+        }
+        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.main"],
+            cwd=REPO,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def read_log(tmp_path: Path, name: str) -> str:
+    return (tmp_path / f"{name}.log").read_text()
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=30)
+
+
+def test_four_workers_forty_jobs_each_done_exactly_once(
+    pg_settings: Settings, workers: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    engine = make_engine(pg_settings)
+    sessions = session_factory(engine)
+    ids = [submit(sessions, {**TINY, "seed": i}) for i in range(40)]
+    procs = [workers(pg_settings, f"w{i}") for i in range(4)]
+
+    def all_done() -> bool:
+        with sessions() as session:
+            n = session.scalar(select(func.count()).where(Job.status.in_(("queued", "running"))))
+        return n == 0
+
+    wait_for(all_done, 150, "40 jobs to finish", every=0.5)
+    assert [stop_worker(p) for p in procs] == [0, 0, 0, 0]
+
+    with sessions() as session:
+        jobs = session.scalars(select(Job)).all()
+        assert {j.id for j in jobs} == set(ids)
+        assert all(j.status == "succeeded" and j.attempts == 1 for j in jobs), [
+            (j.status, j.error) for j in jobs if j.status != "succeeded"
+        ]
+        assert session.scalar(select(func.count()).select_from(Recommendation)) == 40
+        per_job = Counter(session.scalars(select(Probe.job_id)).all())
+    keys = planned_keys(TINY, pg_settings)
+    assert per_job == {job_id: len(keys) for job_id in ids}
+
+    logs = "".join(read_log(tmp_path, f"w{i}") for i in range(4))
+    claims = Counter(re.findall(r"job ([0-9a-f]{32}): claimed", logs))
+    assert claims == {job_id: 1 for job_id in ids}  # each job run once, by one worker
+    stores = Counter(re.findall(r"job ([0-9a-f]{32}): probe (p\d+) stored", logs))
+    assert len(stores) == 40 * len(keys) and set(stores.values()) == {1}  # no probe twice
+    assert "already stored by another worker" not in logs
+    busy = [i for i in range(4) if "claimed" in read_log(tmp_path, f"w{i}")]
+    assert len(busy) >= 2, "the jobs were not shared between workers"
+    engine.dispose()
+
+
+def test_killed_worker_job_resumes_elsewhere_without_rerunning_stored_probes(
+    pg_settings: Settings, workers: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    engine = make_engine(pg_settings)
+    sessions = session_factory(engine)
+    keys = planned_keys(LONGER, pg_settings)
+    job_id = submit(sessions, LONGER)
+    lease = {"EDGETUNE_LEASE_SECONDS": "3"}
+    first = workers(pg_settings, "first", **lease)
+
+    def some_stored() -> dict[str, dict[str, Any]]:
+        with sessions() as session:
+            return queue.stored_probes(session, job_id)
+
+    wait_for(some_stored, 120, "a stored probe", every=0.02)
+    first.kill()  # SIGKILL: no chance to clean up, the lease just stops being renewed
+    first.wait()
+    before = some_stored()
+    job = job_state(sessions, job_id)
+    assert job.status == "running" and job.lease_owner is not None
+    assert 0 < len(before) < len(keys), f"killed too late: {sorted(before)} of {keys}"
+
+    second = workers(pg_settings, "second", **lease)
+    wait_for(lambda: job_state(sessions, job_id).status == "succeeded", 120, "the job to finish")
+    assert stop_worker(second) == 0
+
+    job = job_state(sessions, job_id)
+    assert job.attempts == 2
+    after = some_stored()
+    assert sorted(after) == sorted(keys)
+    for key, probe in before.items():  # kept as they were: same rows, same times
+        assert (after[key]["id"], after[key]["created_at"]) == (probe["id"], probe["created_at"])
+    remaining = sorted(set(keys) - set(before))
+    log = read_log(tmp_path, "second")
+    assert f"{len(before)} already stored; running {', '.join(remaining)}" in log
+    assert sorted(re.findall(r"probe (p\d+) stored", log)) == remaining
+    assert "requeued 1 jobs with expired leases" in log
+    engine.dispose()
+
+
+def test_sigterm_gives_the_job_back_and_exits_zero(
+    sqlite_settings: Settings, workers: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    # On SQLite: a worker process and this test share the file (PostgreSQL's multi-process
+    # behaviour is covered above).
+    engine = make_engine(sqlite_settings)
+    sessions = session_factory(engine)
+    job_id = submit(sessions, LONGER)
+    proc = workers(sqlite_settings, "term")
+    wait_for(lambda: job_state(sessions, job_id).progress.get("phase") == "probing", 90, "probing")
+    assert stop_worker(proc) == 0
+    job = job_state(sessions, job_id)
+    assert job.status == "queued" and job.lease_owner is None
+    assert job.attempts == 0  # a deliberate stop is not a failed attempt
+    engine.dispose()
