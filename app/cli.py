@@ -43,7 +43,7 @@ from app.db import (
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0
 
 # soft_wrap: long messages and URLs stay on one line (copy-pasteable), whatever the width.
 out = Console(soft_wrap=True)
@@ -226,10 +226,20 @@ def follow(http: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:
         TextColumn("ETA {task.fields[eta]}"),
         TimeElapsedColumn(),
     )
+    last_line = ""
     with Progress(*columns, console=err) as bar:
         task = bar.add_task(job["id"], total=1.0, status="", phase="", probes="–", eta="–")
         while True:
             progress = job.get("progress") or {}
+            if not err.is_terminal:
+                # No live bar in a log file: one line whenever the state moves on.
+                line = (
+                    f"{job['status']} {progress.get('phase', '')} probes "
+                    f"{progress.get('probes_done', 0)}/{progress.get('probes_total', '?')}"
+                )
+                if line != last_line:
+                    err.print(f"{line} ({float(progress.get('fraction') or 0):.0%})")
+                    last_line = line
             bar.update(
                 task,
                 completed=float(progress.get("fraction") or 0.0),
@@ -244,39 +254,58 @@ def follow(http: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:
             job = call(http, "GET", f"/v1/jobs/{job['id']}")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> str | None:
+    """A table cell for a scalar or an estimate ({value, low, high}); None for bulkier data."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    return str(value)
+    if isinstance(value, int | str):
+        return str(value)
+    if isinstance(value, dict) and isinstance(value.get("value"), int | float):
+        text = f"{value['value']:.4g}"
+        if isinstance(value.get("low"), int | float) and isinstance(value.get("high"), int | float):
+            text += f" [{value['low']:.4g}, {value['high']:.4g}]"
+        return text
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        return value["name"]
+    return None
+
+
+def _facts(title: str, values: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    for name, value in values.items():
+        cell = _cell(value)
+        if cell is not None:  # trajectories, covariances, per-probe fits: see --json
+            table.add_row(name, cell)
+    return table
 
 
 def print_recommendation(result: dict[str, Any]) -> None:
     hyper = result.get("hyperparameters")
-    if not isinstance(hyper, dict):
-        out.print_json(data=result)
-        return
-    table = Table(title="Recommended hyperparameters", show_header=True)
-    table.add_column("parameter")
-    table.add_column("value", justify="right")
-    for name, value in hyper.items():
-        table.add_row(name, _cell(value))
-    out.print(table)
-    edge = result.get("edge")
-    if isinstance(edge, dict):
-        facts = Table(title="Edge of chaos (predicted)", show_header=False)
-        for name, value in edge.items():
-            if not isinstance(value, list) or len(value) <= 4:  # skip long trajectories
-                facts.add_row(name, _cell(value))
-        out.print(facts)
+    if isinstance(hyper, dict):
+        out.print(_facts("Recommended hyperparameters", hyper))
+    else:
+        # A finished job can still conclude that no configuration reaches the edge; it says why.
+        out.print(Text("No recommendation could be made.", style="bold"))
+    kwargs = hyper.get("torch_sgd_kwargs") if isinstance(hyper, dict) else None
+    if isinstance(kwargs, dict):
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        out.print(f"torch.optim.SGD(model.parameters(), {args})", highlight=False)
+    for key, title in (("edge", "Edge of chaos (predicted)"), ("verification", "Verification run")):
+        if isinstance(result.get(key), dict):
+            out.print(_facts(title, result[key]))
     validity = result.get("validity")
-    warnings = validity.get("warnings", []) if isinstance(validity, dict) else []
-    for warning in warnings:
-        out.print(f"[yellow]warning:[/] {warning}")
+    if isinstance(validity, dict):
+        flags = [k for k, v in (validity.get("flags") or {}).items() if v is True]
+        verdict = "ok" if validity.get("ok") else "check the warnings"
+        out.print(f"validity: {verdict}" + (f" (flags: {', '.join(flags)})" if flags else ""))
+        for warning in validity.get("warnings") or []:
+            out.print(Text.assemble(("warning: ", "yellow"), str(warning)))
     cost = result.get("cost")
     if isinstance(cost, dict):
         out.print("cost: " + ", ".join(f"{k}={_cell(v)}" for k, v in cost.items()))
+    out.print("full result (fits, trajectories, per-probe growth): --json")
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -313,10 +342,10 @@ def print_job(job: dict[str, Any]) -> None:
     progress = job.get("progress") or {}
     table = Table(title=f"job {job['id']}", show_header=False)
     for name in ("status", "attempts", "created_at", "started_at", "finished_at", "error"):
-        table.add_row(name, _cell(job.get(name)))
-    table.add_row("phase", _cell(progress.get("phase")))
+        table.add_row(name, str(job.get(name)))
+    table.add_row("phase", str(progress.get("phase")))
     table.add_row("probes", f"{progress.get('probes_done', 0)}/{progress.get('probes_total', 0)}")
-    table.add_row("fraction", _cell(progress.get("fraction")))
+    table.add_row("done", f"{float(progress.get('fraction') or 0):.0%}")
     table.add_row("eta", _eta(progress.get("eta_seconds")))
     out.print(table)
 

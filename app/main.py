@@ -177,10 +177,7 @@ def create_app(settings: Settings) -> FastAPI:
             prepare_database(settings, engine)
             # As many request threads as pooled connections (SQLAlchemy's default pool: 5).
             threads = engine.pool.size() if isinstance(engine.pool, QueuePool) else 1
-            writers = 1 if settings.is_sqlite else threads
-            app.state.database = routes.Database(
-                session_factory(engine), threads=threads, writers=writers
-            )
+            app.state.database = routes.Database(session_factory(engine), threads)
             yield
         finally:
             engine.dispose()

@@ -282,7 +282,7 @@ def complete(session: Session, job_id: str, *, worker_id: str, result: dict[str,
     if job is None:
         session.commit()
         return False
-    progress = {**(job.progress or {}), "fraction": 1.0, "eta_seconds": 0.0}
+    progress = {**(job.progress or {}), "phase": "done", "fraction": 1.0, "eta_seconds": 0.0}
     updated = session.execute(
         update(Job)
         .where(*_owned(job_id, worker_id))

@@ -42,16 +42,11 @@ class Database:
     run at once, as many as the engine's pool keeps connections: more threads would only queue
     for a connection, or open and close overflow connections (and, on SQLite, rerun the PRAGMAs)
     on every request; under load that churn, not the queries, was most of a GET's time.
-
-    `write` runs at most `writers` calls at once. SQLite has one writer at a time anyway; letting
-    several threads race for its lock makes the losers sleep in its busy handler (up to 100 ms a
-    try), so there writers queue here instead, in order, and readers are never held up by them.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], *, threads: int, writers: int) -> None:
+    def __init__(self, sessions: sessionmaker[Session], threads: int) -> None:
         self.sessions = sessions
         self.limiter = anyio.CapacityLimiter(threads)
-        self.write_limiter = anyio.CapacityLimiter(writers)
 
     async def run(
         self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
@@ -61,12 +56,6 @@ class Database:
                 return fn(session, *args, **kwargs)
 
         return await anyio.to_thread.run_sync(call, limiter=self.limiter)
-
-    async def write(
-        self, fn: Callable[Concatenate[Session, P], T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        async with self.write_limiter:
-            return await self.run(fn, *args, **kwargs)
 
 
 async def get_settings(request: Request) -> Settings:
@@ -178,7 +167,7 @@ async def create_recommendation(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JobOut:
     """Queue a recommendation job for the spec; poll the job at `Location`."""
-    job, created = await db.write(
+    job, created = await db.run(
         service.submit,
         settings=settings,
         spec=spec,
@@ -218,7 +207,7 @@ async def get_job(job_id: str, db: DatabaseDep, tenant: TenantDep) -> JobOut:
 )
 async def cancel_job(job_id: str, db: DatabaseDep, tenant: TenantDep) -> JobOut:
     """A queued job is cancelled at once; a running one stops at its next measurement."""
-    return await db.write(service.cancel_job, job_id=job_id, tenant=tenant)
+    return await db.run(service.cancel_job, job_id=job_id, tenant=tenant)
 
 
 @router.get(

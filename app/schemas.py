@@ -10,7 +10,15 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 Activation = Literal["tanh", "relu", "gelu", "silu", "linear"]
 
@@ -72,7 +80,23 @@ class TorchvisionSpec(Strict):
     num_classes: int | None = Field(None, strict=True, ge=2, le=100_000)
 
 
-ModelSpec = Annotated[MLPSpec | CNNSpec | TorchvisionSpec, Field(discriminator="type")]
+def _model_type(value: Any) -> str:
+    """The `type` tag of a model spec; a spec without one is an MLP (the default model)."""
+    if isinstance(value, dict):
+        return str(value.get("type", "mlp"))
+    return str(getattr(value, "type", "mlp"))
+
+
+ModelSpec = Annotated[
+    Annotated[MLPSpec, Tag("mlp")]
+    | Annotated[CNNSpec, Tag("cnn")]
+    | Annotated[TorchvisionSpec, Tag("torchvision")],
+    Discriminator(
+        _model_type,
+        custom_error_type="model_type_unknown",
+        custom_error_message="model.type must be one of 'mlp', 'cnn', 'torchvision'",
+    ),
+]
 
 DatasetName = Literal["fashion-mnist", "mnist", "digits", "npz", "image-folder", "synthetic"]
 

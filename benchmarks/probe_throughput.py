@@ -12,8 +12,9 @@ seconds. It then measures what the order-parameter measurements cost at the defa
 - end to end, a population trained for one epoch with the default intervals against the same run
   with measurements off.
 
-Every timing is the best of `--repeats` runs, runs of the variants interleaved: the machines this
-runs on may be shared, and the minimum is the least disturbed estimate.
+Every timing is the best of `--repeats` runs, runs of the variants interleaved, in wall time and in
+this process's CPU time: the machines this runs on may be shared, and the minimum (on a CPU, of a
+single-threaded run's CPU time above all) is the least disturbed estimate.
 
     .venv/bin/python benchmarks/probe_throughput.py [--device cuda] [--steps N] [--out PATH]
 """
@@ -26,6 +27,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,29 +75,44 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Wall seconds, and CPU seconds of this process (all threads). On a shared CPU the CPU time
+    of a single-threaded run is the steadier estimate of what the run costs on its own."""
+
+    wall: float
+    cpu: float
+
+
+def timed(device: torch.device, fn: Callable[[], object]) -> Timing:
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync(device)
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
 def time_population(
     data: Dataset,
     configs: list[ProbeConfig],
     device: torch.device,
     measure_every: int | None,
     eval_every: int | None,
-) -> float:
-    sync(device)
-    start = time.perf_counter()
-    run_population(
-        MODEL, data, configs, device=device, measure_every=measure_every, eval_every=eval_every
+) -> Timing:
+    return timed(
+        device,
+        lambda: run_population(
+            MODEL, data, configs, device=device, measure_every=measure_every, eval_every=eval_every
+        ),
     )
-    sync(device)
-    return time.perf_counter() - start
 
 
-def time_sequential(data: Dataset, configs: list[ProbeConfig], device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    for config in configs:
-        train_sequential(MODEL, data, config, device=device)
-    sync(device)
-    return time.perf_counter() - start
+def time_sequential(data: Dataset, configs: list[ProbeConfig], device: torch.device) -> Timing:
+    return timed(device, lambda: [train_sequential(MODEL, data, c, device=device) for c in configs])
+
+
+def best(runs: list[Timing]) -> Timing:
+    return Timing(min(r.wall for r in runs), min(r.cpu for r in runs))
 
 
 def cpu_model() -> str:
@@ -132,24 +150,26 @@ def throughput(
         for _ in range(repeats):
             population.append(time_population(data, configs, device, 0, 0))
             sequential.append(time_sequential(data, configs, device))
+        pop, seq = best(population), best(sequential)
         samples = members * BATCH * steps
         rows.append(
             {
                 "members": members,
                 "steps": steps,
                 "config_samples": samples,
-                "population_seconds": min(population),
-                "sequential_seconds": min(sequential),
-                "population_samples_per_s": samples / min(population),
-                "sequential_samples_per_s": samples / min(sequential),
-                "speedup": min(sequential) / min(population),
-                "population_seconds_all": population,
-                "sequential_seconds_all": sequential,
+                "population_samples_per_s": samples / pop.wall,
+                "sequential_samples_per_s": samples / seq.wall,
+                "speedup": seq.wall / pop.wall,
+                "population_samples_per_cpu_s": samples / pop.cpu,
+                "sequential_samples_per_cpu_s": samples / seq.cpu,
+                "speedup_cpu_time": seq.cpu / pop.cpu,
+                "population_runs": [asdict(t) for t in population],
+                "sequential_runs": [asdict(t) for t in sequential],
             }
         )
         print(
-            f"  {members:>3} members: population {min(population):7.2f} s, "
-            f"sequential {min(sequential):7.2f} s",
+            f"  {members:>3} members: population {pop.wall:7.2f} s ({pop.cpu:.2f} s CPU), "
+            f"sequential {seq.wall:7.2f} s ({seq.cpu:.2f} s CPU)",
             flush=True,
         )
     return rows
@@ -159,43 +179,52 @@ def overhead(
     data: Dataset, device: torch.device, members: int, steps: int, probe_steps: int, repeats: int
 ) -> dict[str, Any]:
     measure_every, eval_every = default_intervals(data.train_size, BATCH)
-    # Steady state: runs that measure (and evaluate) at every step, against none.
+    # Steady state: short runs that measure (and evaluate) at every step, against none.
     short = make_configs(members, steps)
     off, measured, evaluated = [], [], []
-    for _ in range(repeats):
+    for _ in range(max(3, repeats)):
         off.append(time_population(data, short, device, 0, 0))
         measured.append(time_population(data, short, device, 1, 0))
         evaluated.append(time_population(data, short, device, 1, 1))
-    step_s = min(off) / steps
-    measure_s = (min(measured) - min(off)) / steps
-    eval_s = (min(evaluated) - min(measured)) / steps
-    steady = (measure_s / measure_every + eval_s / eval_every) / step_s
+
+    def steady(clock: str) -> dict[str, float]:
+        t_off, t_measured, t_evaluated = (
+            getattr(best(runs), clock) for runs in (off, measured, evaluated)
+        )
+        step = t_off / steps
+        measurement = (t_measured - t_off) / steps
+        evaluation = (t_evaluated - t_measured) / steps
+        percent = 100 * (measurement / measure_every + evaluation / eval_every) / step
+        return {
+            "step_ms": 1e3 * step,
+            "measurement_ms": 1e3 * measurement,
+            "evaluation_ms": 1e3 * evaluation,
+            "percent": percent,
+        }
+
     # End to end: one probe of `probe_steps` with the default intervals against none.
     long = make_configs(members, probe_steps)
     default_runs, off_runs = [], []
     for _ in range(repeats):
         default_runs.append(time_population(data, long, device, None, None))
         off_runs.append(time_population(data, long, device, 0, 0))
+    with_default, without = best(default_runs), best(off_runs)
     points = {0, probe_steps} | set(range(0, probe_steps + 1, measure_every))
     evals = {0, probe_steps} | set(range(0, probe_steps + 1, eval_every))
     return {
         "members": members,
         "measure_every": measure_every,
         "eval_every": eval_every,
-        "step_ms": 1e3 * step_s,
-        "measurement_ms": 1e3 * measure_s,
-        "evaluation_ms": 1e3 * eval_s,
-        "steady_state_percent": 100 * steady,
+        "steady_state": {"wall": steady("wall"), "cpu": steady("cpu")},
         "end_to_end": {
             "steps": probe_steps,
             "epochs": probe_steps * BATCH / data.train_size,
             "records": len(points),
             "evaluations": len(evals),
-            "default_seconds": min(default_runs),
-            "off_seconds": min(off_runs),
-            "percent": 100 * (min(default_runs) - min(off_runs)) / min(off_runs),
-            "default_seconds_all": default_runs,
-            "off_seconds_all": off_runs,
+            "percent_wall": 100 * (with_default.wall - without.wall) / without.wall,
+            "percent_cpu": 100 * (with_default.cpu - without.cpu) / without.cpu,
+            "default_runs": [asdict(t) for t in default_runs],
+            "off_runs": [asdict(t) for t in off_runs],
         },
     }
 
@@ -220,7 +249,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     gpu = device.type == "cuda"
-    steps = args.steps or (500 if gpu else 100)
+    steps = args.steps or (500 if gpu else 80)
     overhead_members = args.overhead_members or (8 if gpu else 4)
     out = (
         args.out
@@ -245,28 +274,33 @@ def main() -> None:
     cost = overhead(data, device, overhead_members, 20, probe_steps, args.repeats)
 
     print()
-    print(f"{'members':>7} {'population':>14} {'sequential':>14} {'speed-up':>9}")
-    print(f"{'':>7} {'samples/s':>14} {'samples/s':>14} {'':>9}")
+    print(f"{'':>7} {'config-samples per second (wall)':^33} {'per CPU-second':^33}")
+    print(f"{'members':>7} {'population':>11} {'sequential':>11} {'speed-up':>9} "
+          f"{'population':>11} {'sequential':>11} {'speed-up':>9}")  # fmt: skip
     for r in rows:
         print(
-            f"{r['members']:>7} {r['population_samples_per_s']:>14,.0f} "
-            f"{r['sequential_samples_per_s']:>14,.0f} {r['speedup']:>8.2f}×"
+            f"{r['members']:>7} {r['population_samples_per_s']:>11,.0f} "
+            f"{r['sequential_samples_per_s']:>11,.0f} {r['speedup']:>8.2f}× "
+            f"{r['population_samples_per_cpu_s']:>11,.0f} "
+            f"{r['sequential_samples_per_cpu_s']:>11,.0f} {r['speedup_cpu_time']:>8.2f}×"
         )
-    e2e = cost["end_to_end"]
     print()
     print(
         f"measurement overhead at the default intervals (measure every {cost['measure_every']}, "
         f"evaluate every {cost['eval_every']} steps), {cost['members']} members:"
     )
-    print(
-        f"  one step {cost['step_ms']:.1f} ms, one measurement {cost['measurement_ms']:.1f} ms, "
-        f"one evaluation {cost['evaluation_ms']:.1f} ms → steady state "
-        f"{cost['steady_state_percent']:.1f}% of probe time"
-    )
+    for clock in ("wall", "cpu"):
+        s = cost["steady_state"][clock]
+        print(
+            f"  steady state ({clock:>4} time): step {s['step_ms']:.1f} ms, measurement "
+            f"{s['measurement_ms']:.1f} ms, evaluation {s['evaluation_ms']:.1f} ms "
+            f"→ {s['percent']:.1f}% of probe time"
+        )
+    e2e = cost["end_to_end"]
     print(
         f"  end to end over {e2e['steps']} steps ({e2e['epochs']:.2f} epochs, {e2e['records']} "
-        f"records, {e2e['evaluations']} evaluations): {e2e['default_seconds']:.1f} s vs "
-        f"{e2e['off_seconds']:.1f} s without → {e2e['percent']:.1f}%"
+        f"records, {e2e['evaluations']} evaluations): {e2e['percent_wall']:+.1f}% wall time, "
+        f"{e2e['percent_cpu']:+.1f}% CPU time"
     )
 
     info["load_average_at_end"] = list(os.getloadavg())
@@ -276,8 +310,10 @@ def main() -> None:
         "model": "paper MLP: 784 → Linear(784, 784, no bias) → tanh → Linear(784, 10)",
         "dataset": f"fashion-mnist, {data.train_size} training examples",
         "batch_size": BATCH,
-        "timing": f"best of {args.repeats} interleaved runs; population runs include building "
-        "and stacking the members and the step-0 and final measurements",
+        "timing": f"best of {args.repeats} interleaved runs (steady-state overhead: of "
+        f"{max(3, args.repeats)}), wall and process CPU time; population runs include building "
+        "and stacking the members and the step-0 and final measurements; throughput runs "
+        "measure only at step 0 and the last step (J, chi), the sequential loop not at all",
         "machine": info,
         "throughput": rows,
         "measurement_overhead": cost,

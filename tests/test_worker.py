@@ -37,7 +37,7 @@ T = TypeVar("T")
 TINY: dict[str, Any] = {
     "model": {"type": "mlp", "hidden": [16]},
     "dataset": {"name": "synthetic", "synthetic_samples": 1024, "synthetic_features": 16},
-    "budget": {"epochs": 2, "probe_fraction": 0.5},
+    "budget": {"epochs": 2, "probe_fraction": 2.0},
 }
 # A job of several seconds in two populations (batch 32, then 4×32), so a worker can be stopped
 # after some probes are stored and before the last one is.
@@ -97,10 +97,11 @@ def test_a_job_runs_to_a_recommendation(
     assert sorted(probes) == sorted(keys)
     assert all(p["result"]["records"] for p in probes.values())
     assert result is not None
-    assert {"learning_rate", "momentum", "batch_size", "weight_decay"} <= set(
-        result["hyperparameters"]
-    )
+    hyper = result["hyperparameters"]
+    assert hyper is not None, result["validity"].get("reason")
+    assert {"learning_rate", "momentum", "batch_size", "weight_decay"} <= set(hyper)
     assert result["cost"]["device"] == "cpu"
+    assert result["cost"]["probe_steps"] == sum(p["result"]["steps_done"] for p in probes.values())
 
 
 def test_a_spec_that_can_never_run_fails_at_once(

@@ -85,13 +85,11 @@ class JobRun:
     probe_share: float = 0.98
     fraction: float = 0.0
     started: float = field(default_factory=time.monotonic)
-    start_fraction: float | None = None
+    start_fraction: float = 0.0
     last_write: float = 0.0
     halt: Halt | None = None
 
     def progress(self) -> dict[str, Any]:
-        if self.start_fraction is None:
-            self.start_fraction = self.fraction
         done = self.fraction - self.start_fraction
         elapsed = time.monotonic() - self.started
         eta = elapsed * (1.0 - self.fraction) / done if done > 1e-6 else None
@@ -184,6 +182,8 @@ class JobRun:
             ", ".join(p.key for p in remaining) or "none",
         )
         self.fraction = self.probe_share * self.steps_stored / self.steps_total
+        # The ETA extrapolates this attempt's pace from here: stored probes came for free.
+        self.started, self.start_fraction = time.monotonic(), self.fraction
         if not self.set_phase("probing"):
             return self.finish_halted()
         for group_id in sorted({p.group for p in remaining}):
