@@ -5,6 +5,8 @@
     edgetune db upgrade|downgrade REV|current
     edgetune recommend SPEC.yaml [--wait] [--json]
     edgetune jobs list|show ID|cancel ID
+    edgetune plots JOB --out DIR           the job's four plots as PNG and SVG
+    edgetune reproduce [ARGS]           benchmarks/reproduce_paper.py (source checkout)
 
 `recommend` and `jobs` talk to a running server over HTTP (--url, EDGETUNE_URL, default
 http://127.0.0.1:8000). Settings come from EDGETUNE_* variables (see app/config.py).
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import threading
@@ -29,7 +30,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy.orm import Session
 
+from app import logs
+from app.auth import (
+    AuthConfigError,
+    check_auth_settings,
+    create_key,
+    list_keys,
+    revoke_key,
+    webhook_secret,
+)
 from app.config import Settings
 from app.db import (
     DatabaseNotMigrated,
@@ -38,6 +49,7 @@ from app.db import (
     head_revision,
     make_engine,
     prepare_database,
+    session_factory,
     upgrade,
 )
 
@@ -65,13 +77,9 @@ def _version() -> str:
         return "0+unknown"
 
 
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("EDGETUNE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Alembic narrates every start-up migration check at INFO; only its problems matter here.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def configure_logging(log_format: str = "text") -> None:
+    """Text lines, or JSON lines with EDGETUNE_LOG_FORMAT=json (app/logs.py)."""
+    logs.configure_logging(os.environ.get("EDGETUNE_LOG_LEVEL", "INFO"), log_format)
 
 
 # --- serve, worker, db: the local side -------------------------------------------------------
@@ -82,11 +90,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+
+    # --host goes into the settings: whether auth may be off depends on the bound host.
+    settings = Settings(**({"host": args.host} if args.host else {}))
+    check_auth_settings(settings)  # before importing torch: a refused start fails fast
     from worker.main import run_worker  # torch: only the commands that train import it
 
-    settings = Settings()
-    configure_logging()
-    host = args.host or settings.host
+    configure_logging(settings.log_format)
+    host = settings.host
     port = args.port or settings.port
     engine = make_engine(settings)
     try:
@@ -109,7 +120,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         name="edgetune-worker",
     )
     worker.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port))
+    # log_config=None in JSON mode: uvicorn's loggers then reach the root's JSON handler.
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_config=log_config)
+    server = uvicorn.Server(config)
     try:
         server.run()
     finally:
@@ -121,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings()
-    configure_logging()
+    configure_logging(settings.log_format)
     engine = make_engine(settings)
     try:
         prepare_database(settings, engine)  # refuse an unmigrated database before importing torch
@@ -148,6 +162,74 @@ def cmd_db(args: argparse.Namespace) -> int:
         where.dispose()
     state = "head" if current == head else f"head is {head}: run `edgetune db upgrade`"
     out.print(f"{shown}: revision {current or '(none)'} ({state})")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys and tenants, on the database directly (an admin command, like `db upgrade`)."""
+    settings = Settings()
+    engine = make_engine(settings)
+    try:
+        prepare_database(settings, engine)
+        with session_factory(engine)() as session:
+            return _keys(session, args)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        engine.dispose()
+
+
+def _keys(session: Session, args: argparse.Namespace) -> int:
+    if args.keys_command == "create":
+        created = create_key(session, tenant=args.tenant, name=args.name)
+        err.print(f"API key {created.prefix}… (id {created.id}) for tenant {created.tenant!r}:")
+        print(created.key)  # alone on stdout, for `KEY=$(edgetune keys create ...)`
+        err.print("it is shown only this once: store it now (send it as the X-API-Key header)")
+        if created.new_tenant_secret:
+            err.print(
+                f"new tenant {created.tenant!r}; its webhook signing secret (also shown by "
+                f"`edgetune keys secret --tenant {created.tenant}`): {created.new_tenant_secret}"
+            )
+        return 0
+    if args.keys_command == "list":
+        rows = list_keys(session, tenant=args.tenant)
+        if args.json:
+            out.print_json(
+                data=[
+                    {
+                        "id": k.id,
+                        "tenant": k.tenant,
+                        "name": k.name,
+                        "prefix": k.prefix,
+                        "created_at": k.created_at.isoformat(),
+                        "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+                        "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
+                    }
+                    for k in rows
+                ]
+            )
+            return 0
+        table = Table("id", "tenant", "name", "prefix", "created", "last used", "revoked")
+        for k in rows:
+            table.add_row(
+                k.id,
+                k.tenant,
+                k.name,
+                k.prefix + "…",
+                f"{k.created_at:%Y-%m-%d %H:%M}",
+                f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never",
+                f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
+            )
+        out.print(table)
+        return 0
+    if args.keys_command == "revoke":
+        key = revoke_key(session, args.key)
+        out.print(f"revoked key {key.prefix}… (id {key.id}) of tenant {key.tenant!r}")
+        return 0
+    secret = webhook_secret(session, tenant=args.tenant, rotate=args.rotate)
+    if args.rotate:
+        err.print("rotated: webhooks are signed with this secret from now on")
+    print(secret)
     return 0
 
 
@@ -385,6 +467,55 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- plots, reproduce -------------------------------------------------------------------------
+
+
+def cmd_plots(args: argparse.Namespace) -> int:
+    """Download the job's plots (PNG and SVG) into --out, through the Python client."""
+    from app.plots import PLOT_NAMES
+    from edgetune.client import Client, EdgetuneError, Unreachable
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with Client(args.url) as api:
+        for name in PLOT_NAMES:
+            for fmt in ("png", "svg"):
+                try:
+                    body = api.plot(args.job, name, fmt)
+                except EdgetuneError as exc:
+                    code = 2 if isinstance(exc, Unreachable) else 1
+                    raise CliError(f"plot {name}: {exc}", code=code) from exc
+                path = out_dir / f"{name}.{fmt}"
+                path.write_bytes(body)
+                written.append(path)
+    for path in written:
+        out.print(f"{path}  ({path.stat().st_size // 1024} KiB)", highlight=False)
+    return 0
+
+
+def reproduce_script() -> Path:
+    # A checkout's benchmarks/ sits beside app/; an installed wheel has no benchmarks/.
+    return Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_paper.py"
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run the paper reproduction with this Python, passing every argument through."""
+    script = reproduce_script()
+    if not script.is_file():
+        raise CliError(
+            f"{script} is missing: `edgetune reproduce` runs the benchmark script of a source "
+            "checkout (git clone the repository, then `pip install -e '.[worker,benchmarks]'`)"
+        )
+    import subprocess
+    import sys
+
+    try:
+        return subprocess.run([sys.executable, str(script), *args.script_args]).returncode
+    except KeyboardInterrupt:
+        return 130
+
+
 # --- argument parsing ------------------------------------------------------------------------
 
 
@@ -443,6 +574,36 @@ def build_parser() -> argparse.ArgumentParser:
         sub = job_commands.add_parser(name, parents=[url], help=f"{name} one job")
         sub.add_argument("id")
     jobs.set_defaults(handler=cmd_jobs)
+
+    plots = commands.add_parser(
+        "plots", parents=[url], help="download a job's plots (order, collapse, growth, trajectory)"
+    )
+    plots.add_argument("job", help="the job id")
+    plots.add_argument("--out", required=True, help="folder for the PNG and SVG files")
+    plots.set_defaults(handler=cmd_plots)
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        add_help=False,  # --help goes to the script
+        help="reproduce the paper's results (benchmarks/reproduce_paper.py; args passed on)",
+    )
+    reproduce.add_argument("script_args", nargs=argparse.REMAINDER)
+    reproduce.set_defaults(handler=cmd_reproduce)
+
+    keys = commands.add_parser("keys", help="API keys and tenants (on the database directly)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="a new key (printed once)")
+    create.add_argument("--tenant", required=True, help="created with its webhook secret if new")
+    create.add_argument("--name", default="", help="what the key is for")
+    key_list = key_commands.add_parser("list", help="keys (prefixes only), all tenants or one")
+    key_list.add_argument("--tenant")
+    key_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by its id or shown prefix")
+    revoke.add_argument("key", metavar="PREFIX_OR_ID")
+    secret = key_commands.add_parser("secret", help="print (or --rotate) a tenant's webhook secret")
+    secret.add_argument("--tenant", required=True)
+    secret.add_argument("--rotate", action="store_true", help="replace it with a new secret")
+    keys.set_defaults(handler=cmd_keys)
     return parser
 
 
@@ -453,12 +614,18 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Only `reproduce` takes arguments it does not know (its script's own options).
+        if args.command != "reproduce":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.script_args = [*args.script_args, *extra]
     try:
         code: int = args.handler(args)
     except CliError as exc:
         fail(str(exc), exc.code)
-    except DatabaseNotMigrated as exc:
+    except (DatabaseNotMigrated, AuthConfigError) as exc:
         fail(str(exc), 1)
     return code
 

@@ -4,9 +4,10 @@ down. Nothing here runs at import time; every field can be set by an `EDGETUNE_<
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,16 @@ def default_data_roots() -> list[Path]:
         if candidate.is_dir():
             return [candidate]
     return []
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a host name or address that only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -51,6 +62,24 @@ class Settings(BaseSettings):
     # True for the SQLite default: the API and worker migrate it on start instead of refusing it.
     embedded: bool = False
 
+    # API keys (X-API-Key). "" = the default: "disabled" for the embedded default on a loopback
+    # host (one person on one machine, tenant "default"), "required" everywhere else. Disabled
+    # auth anywhere else is refused (app.auth.check_auth_settings).
+    auth: Literal["", "required", "disabled"] = ""
+
+    # Webhooks: callback_url deliveries, retried after webhook_backoff_seconds · 2^(attempt-1),
+    # capped at webhook_backoff_max_seconds, until webhook_max_attempts.
+    webhook_max_attempts: int = 8
+    webhook_backoff_seconds: float = 2.0
+    webhook_backoff_max_seconds: float = 3600.0
+    webhook_timeout_seconds: float = 10.0
+    # Outbound webhooks to private, loopback and link-local addresses are refused unless this is
+    # set (a callback_url must not let a tenant probe the service's own network).
+    webhook_allow_private: bool = False
+
+    # "json": one JSON object per log line (time, level, logger, message, job_id).
+    log_format: Literal["text", "json"] = "text"
+
     @model_validator(mode="before")
     @classmethod
     def _embedded_default(cls, data: Any) -> Any:
@@ -64,6 +93,13 @@ class Settings(BaseSettings):
     def _fill_database_url(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'edgetune.db').resolve()}"
+        return self
+
+    @model_validator(mode="after")
+    def _default_auth(self) -> Settings:
+        if not self.auth:
+            local = self.embedded and is_loopback_host(self.host)
+            self.auth = "disabled" if local else "required"
         return self
 
     @property

@@ -18,11 +18,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.pool import QueuePool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import routes
+from app import auth, metrics, routes
 from app.config import Settings
 from app.db import make_engine, prepare_database, session_factory
 from app.errors import PROBLEM_MEDIA_TYPE, ProblemError
@@ -168,6 +169,7 @@ def _package_version() -> str:
 
 def create_app(settings: Settings) -> FastAPI:
     """The API for `settings`; the database is opened (and checked) when the app starts."""
+    auth.check_auth_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -189,22 +191,41 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.database = None  # set by the lifespan
+
+    def sessions() -> Any:
+        return app.state.database.sessions if app.state.database is not None else None
+
+    app.state.metrics = metrics.Metrics(sessions)
     app.include_router(routes.router)
+    app.mount("/static", StaticFiles(directory=routes.STATIC_DIR), name="static")
+    app.include_router(metrics.router)
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected_error)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outside the body limit, so its 413s are counted too.
+    app.add_middleware(metrics.HttpMetrics, metrics=app.state.metrics)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
+            problem_ref = {"$ref": "#/components/schemas/Problem"}
             spec = RecommendationSpec.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(spec.pop("$defs", {}))
             components["RecommendationSpec"] = spec
+            # Every operation that takes the API key can answer 401.
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    if operation.get("security"):
+                        operation.setdefault("responses", {})["401"] = {
+                            "description": "Missing, invalid or revoked X-API-Key",
+                            "content": {PROBLEM_MEDIA_TYPE: {"schema": problem_ref}},
+                        }
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import webhooks
 from app.models import Job, Probe, Recommendation, utcnow
 
 HeartbeatResult = Literal["ok", "cancel", "lost"]
@@ -124,11 +125,14 @@ def request_cancel(session: Session, job_id: str, tenant: str | None = None) -> 
     measurement interval). Finished jobs are left as they are. None when there is no such job."""
     now = utcnow()
     scope = [Job.id == job_id] if tenant is None else [Job.id == job_id, Job.tenant == tenant]
-    session.execute(
+    cancelled = session.execute(
         update(Job)
         .where(*scope, Job.status == "queued")
         .values(status="cancelled", finished_at=now, updated_at=now, cancel_requested=True)
     )
+    if _rowcount(cancelled) == 1:
+        # Every transition to an end state queues its webhook in the same transaction.
+        webhooks.enqueue(session, job_id)
     session.execute(
         update(Job)
         .where(*scope, Job.status == "running")
@@ -300,6 +304,7 @@ def complete(session: Session, job_id: str, *, worker_id: str, result: dict[str,
         session.rollback()
         return False
     session.add(Recommendation(job_id=job_id, result=result, created_at=now))
+    webhooks.enqueue(session, job_id)
     session.commit()
     return True
 
@@ -327,6 +332,8 @@ def fail_or_retry(
             finished_at=now if status == "failed" else None,
         )
     )
+    if status == "failed" and _rowcount(updated) == 1:
+        webhooks.enqueue(session, job_id)
     session.commit()
     return status if _rowcount(updated) == 1 else None
 
@@ -345,6 +352,8 @@ def mark_cancelled(session: Session, job_id: str, *, worker_id: str) -> bool:
             lease_expires_at=None,
         )
     )
+    if _rowcount(updated) == 1:
+        webhooks.enqueue(session, job_id)
     session.commit()
     return _rowcount(updated) == 1
 
@@ -362,6 +371,8 @@ def release(session: Session, job_id: str, *, worker_id: str) -> bool:
         .where(*_owned(job_id, worker_id), Job.cancel_requested.is_(True))
         .values(status="cancelled", finished_at=now, **cleared)
     )
+    if _rowcount(cancelled) == 1:
+        webhooks.enqueue(session, job_id)
     requeued = session.execute(
         update(Job)
         .where(*_owned(job_id, worker_id))
@@ -408,5 +419,7 @@ def requeue_stale(session: Session, *, now: datetime | None = None) -> int:
             .values(**values)
         )
         changed += _rowcount(result)
+        if _rowcount(result) == 1 and values["status"] != "queued":
+            webhooks.enqueue(session, job.id)
     session.commit()
     return changed

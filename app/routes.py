@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
 import yaml
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from fastapi.security import APIKeyHeader
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import service
-from app.config import Settings
+from app import auth, plots, service, webhooks
+from app.config import Settings, is_loopback_host
 from app.errors import PROBLEM_MEDIA_TYPE, ProblemError
 from app.schemas import Health, JobOut, JobPage, JobStatus, ProbeList, Problem, RecommendationSpec
 
@@ -68,9 +71,30 @@ async def get_database(request: Request) -> Database:
     return database
 
 
-async def get_tenant() -> str:
-    # One tenant until API keys exist; every query is already scoped by it.
-    return "default"
+# Declares the apiKey security scheme in the OpenAPI document; get_tenant does the checking
+# (auto_error=False: a missing key is our 401 problem, not FastAPI's 403).
+api_key_header = APIKeyHeader(name=auth.HEADER, auto_error=False, scheme_name="ApiKey")
+
+
+async def get_tenant(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> str:
+    """The tenant of the request's X-API-Key: every job read and write is scoped by it."""
+    settings: Settings = request.app.state.settings
+    if settings.auth == "disabled":
+        # Off only for this machine: behind `uvicorn --host 0.0.0.0` or a published container
+        # port (which the settings cannot see), requests from elsewhere still need a key.
+        if request.client is None or not is_loopback_host(request.client.host):
+            raise auth.unauthorized(
+                "auth is off on this server for requests from this machine only; run it with "
+                "EDGETUNE_HOST set to the address it serves on, and send an API key"
+            )
+        return auth.DEFAULT_TENANT
+    if not key:
+        raise auth.unauthorized(f"send an API key in the {auth.HEADER} header")
+    database: Database = request.app.state.database
+    tenant = await database.run(auth.tenant_for_key, key)
+    if tenant is None:
+        raise auth.unauthorized(f"the {auth.HEADER} is not a valid, unrevoked key")
+    return tenant
 
 
 def _reject_constant(name: str) -> Any:
@@ -159,14 +183,16 @@ router = APIRouter()
     tags=["jobs"],
 )
 async def create_recommendation(
+    # The key is checked first: an unauthenticated body is never parsed.
+    tenant: TenantDep,
     spec: SpecDep,
     db: DatabaseDep,
     settings: SettingsDep,
-    tenant: TenantDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> JobOut:
     """Queue a recommendation job for the spec; poll the job at `Location`."""
+    webhooks.check_callback_url(spec.callback_url, settings)
     job, created = await db.run(
         service.submit,
         settings=settings,
@@ -227,6 +253,51 @@ async def get_recommendation(job_id: str, db: DatabaseDep, tenant: TenantDep) ->
 async def get_probes(job_id: str, db: DatabaseDep, tenant: TenantDep) -> ProbeList:
     """Each finished probe's config, outcome and measured time series."""
     return await db.run(service.get_probes, job_id=job_id, tenant=tenant)
+
+
+@router.get(
+    "/v1/jobs/{job_id}/plots/{name}",
+    response_class=Response,
+    responses={
+        200: {"content": {media: {} for media in plots.MEDIA_TYPES.values()}},
+        400: PROBLEM,
+        404: PROBLEM,
+        409: PROBLEM,
+    },
+    tags=["jobs"],
+)
+async def get_plot(
+    job_id: str,
+    name: str,
+    db: DatabaseDep,
+    tenant: TenantDep,
+    format: Annotated[str | None, Query(description="png (default) or svg")] = None,
+) -> Response:
+    """A plot of the job: `order`, `collapse`, `growth` or `trajectory` (also `order.svg`, ...);
+    409 until the job has the probes (order, collapse) or the recommendation (growth,
+    trajectory) it needs."""
+    plot, chosen = plots.parse_name(name, format)
+    data = await db.run(plots.load, job_id=job_id, tenant=tenant)
+    try:
+        # Rendering is CPU work (a few hundred ms): off the event loop, outside the DB limiter.
+        body = await anyio.to_thread.run_sync(plots.render, plot, data, chosen)
+    except plots.PlotUnavailable as exc:
+        raise ProblemError(409, "Plot not available yet", str(exc), "plot-not-ready") from exc
+    # Plots change while a job runs: the browser revalidates instead of showing a stale one.
+    return Response(
+        body, media_type=plots.MEDIA_TYPES[chosen], headers={"Cache-Control": "no-cache"}
+    )
+
+
+# The dashboard: one static page (app/static) that reads the API from the browser. It needs no
+# API key to load; the page asks for one when the API answers 401.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+@router.get("/", include_in_schema=False)
+@router.get("/jobs/{job_id}", include_in_schema=False)
+async def dashboard() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/livez", response_model=Health, tags=["health"])

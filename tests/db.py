@@ -79,7 +79,12 @@ def _empty_postgres(url: str) -> None:
     engine = make_engine(Settings(database_url=url))
     try:
         with engine.begin() as conn:
-            conn.execute(text("TRUNCATE recommendations, probes, jobs CASCADE"))
+            conn.execute(
+                text(
+                    "TRUNCATE webhook_deliveries, api_keys, tenants, recommendations, probes, "
+                    "jobs CASCADE"
+                )
+            )
     finally:
         engine.dispose()
 

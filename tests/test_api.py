@@ -23,6 +23,7 @@ import uvicorn
 from sqlalchemy.orm import Session
 
 from app import queue
+from app.auth import create_key
 from app.config import Settings
 from app.db import DatabaseNotMigrated, make_engine, session_factory, upgrade
 from app.main import create_app
@@ -62,6 +63,17 @@ def live_server(settings: Settings) -> Iterator[str]:
         sock.close()
 
 
+def api_key(settings: Settings, tenant: str = "default") -> dict[str, str]:
+    """Headers with a new API key of `tenant`, made by the real admin function (`keys create`)."""
+    engine = make_engine(settings)
+    try:
+        with session_factory(engine)() as session:
+            created = create_key(session, tenant=tenant, name="tests")
+    finally:
+        engine.dispose()
+    return {"X-API-Key": created.key}
+
+
 def with_data_root(settings: Settings, root: Path) -> Settings:
     return settings.model_copy(update={"data_root": str(root)})
 
@@ -75,7 +87,11 @@ def api_settings(db_settings: Settings, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(api_settings: Settings) -> Iterator[httpx.Client]:
-    with live_server(api_settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+    headers = api_key(api_settings)
+    with (
+        live_server(api_settings) as url,
+        httpx.Client(base_url=url, timeout=30, headers=headers) as client,
+    ):
         yield client
 
 
@@ -418,7 +434,8 @@ def test_database_loss_is_503_on_readyz_and_500_without_traceback(
     from tests.db import _admin_connect
 
     settings, name = scratch_pg
-    with live_server(settings) as url, httpx.Client(base_url=url) as client:
+    headers = api_key(settings)
+    with live_server(settings) as url, httpx.Client(base_url=url, headers=headers) as client:
         assert client.get("/readyz").status_code == 200
         assert client.get("/v1/jobs").status_code == 200
         with _admin_connect() as admin:

@@ -22,7 +22,7 @@ from app.db import upgrade
 from app.limits import parameter_count
 from app.schemas import RecommendationSpec
 from app.torchvision_models import TORCHVISION_NAMES, torchvision_parameters
-from tests.test_api import SMALL_SPEC, assert_problem, live_server
+from tests.test_api import SMALL_SPEC, api_key, assert_problem, live_server
 
 pytest_plugins = ["tests.db"]
 
@@ -303,7 +303,11 @@ def client(
         _empty_postgres(url)
         settings = Settings(database_url=url, data_dir=tmp_path_factory.mktemp("pg"))
     settings = settings.model_copy(update={"data_root": str(data_root)})
-    with live_server(settings) as base, httpx.Client(base_url=base, timeout=30) as client:
+    headers = api_key(settings)
+    with (
+        live_server(settings) as base,
+        httpx.Client(base_url=base, timeout=30, headers=headers) as client,
+    ):
         yield client
 
 

@@ -96,6 +96,19 @@ def test_population_equals_sequential_sgd(spec, digits):
         assert all(r.apjn is not None for r in result.records if r.step in evals)
 
 
+def test_population_without_momentum_or_decay_equals_sequential_sgd(digits):
+    # No member with momentum or decay: the engine skips those passes (and the buffers).
+    configs = [
+        ProbeConfig(learning_rate=lr, momentum=0.0, weight_decay=0.0, batch_size=16, seed=seed,
+                    steps=30)
+        for seed, lr in enumerate((0.05, 0.2))
+    ]  # fmt: skip
+    results = run_population(MLP, digits, configs, device=CPU, measure_every=0, keep_params=True)
+    for config, result in zip(configs, results, strict=True):
+        assert [r.step for r in result.records] == [0, 30]
+        assert_same_params(result, train_sequential(MLP, digits, config, device=CPU))
+
+
 def test_paper_model_J_squared_grows(fmnist_small):
     """science.md §3: from J = 0.5, J² grows while ordered, faster for a larger η/((1−α)B)."""
     configs = [

@@ -170,22 +170,30 @@ def test_chaotic_start_gives_a_reason_not_a_number(digits: Dataset) -> None:
 
 
 def test_choose_config_solves_the_growth_law() -> None:
-    spec = _spec(budget={"epochs": 20, "probe_fraction": 1.0})
     train = 55_000
-    k, c = 11.0, 2.0 * train  # the simple theory: c_D = 2S, so wd* = k/(2S)
+    k, c = 11.0, 2.0 * train  # the simple theory: c_D = 2S
+    # Decay free: no decay, and the edge is met exactly at the end of the budget, at the
+    # largest verified batch size whose step stays stable.
+    spec = _spec(budget={"epochs": 20, "probe_fraction": 1.0})
     choice = R.choose_config(
         spec, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32, 64, 128]
     )
-    assert choice.weight_decay == pytest.approx(k / (2 * train))
-    assert choice.growth == pytest.approx(choice.decay_rate)  # equilibrium exactly at the edge
-    y_end = R.fit.predict_trajectory([choice.epochs], choice.growth, choice.decay_rate, 0.25)[0]
-    assert y_end == pytest.approx(1 - R.SATURATION_GAP, abs=1e-6)
-    assert choice.learning_rate / (1 - choice.momentum) <= R.max_step(choice.batch_size) + 1e-12
-    # Without decay the edge is met exactly at the end of the budget.
-    no_decay = _spec(optimizer={"weight_decay": 0.0}, budget={"epochs": 20, "probe_fraction": 1})
-    choice = R.choose_config(
-        no_decay, k=k, c=None, y0=0.25, train_size=train, batch_candidates=[32]
-    )
     assert choice.weight_decay == 0.0
+    assert choice.batch_size == 128
     assert R.edge_epoch(choice, 0.25) == pytest.approx(20.0)
     assert math.isclose(choice.growth * 20, 0.75)
+    assert choice.learning_rate / (1 - choice.momentum) <= R.max_step(choice.batch_size) + 1e-12
+    # A user-fixed decay at the theory's edge value saturates: D = A, within the gap at the end.
+    fixed = _spec(
+        optimizer={"weight_decay": k / (2 * train)}, budget={"epochs": 20, "probe_fraction": 1}
+    )
+    choice = R.choose_config(fixed, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32])
+    assert choice.growth == pytest.approx(choice.decay_rate)
+    y_end = R.fit.predict_trajectory([choice.epochs], choice.growth, choice.decay_rate, 0.25)[0]
+    assert y_end == pytest.approx(1 - R.SATURATION_GAP, abs=1e-6)
+    # A fixed decay too strong for the edge is said plainly.
+    strong = _spec(
+        optimizer={"weight_decay": 4 * k / (2 * train)}, budget={"epochs": 20, "probe_fraction": 1}
+    )
+    choice = R.choose_config(strong, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32])
+    assert any("cannot" in w for w in choice.warnings)

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import queue
+from app import queue, webhooks
 from app.config import Settings
 from app.datasets import DatasetPathError
 from app.db import make_engine, prepare_database, session_factory
@@ -58,6 +58,8 @@ class JobLog(logging.LoggerAdapter[logging.Logger]):
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         extra = self.extra or {}
+        # job_id also as a record attribute, for the JSON log format (app/logs.py).
+        kwargs["extra"] = {**dict(extra), **kwargs.get("extra", {})}
         return f"job {extra['job_id']}: {msg}", kwargs
 
 
@@ -325,6 +327,12 @@ def run_worker(
                 run_one(
                     settings, sessions, job, worker_id=worker_id, device=torch_device, stop=stop
                 )
+            # Between jobs: send the webhooks that are due (those of the job just ended, too).
+            try:
+                webhooks.deliver_due(sessions, settings)
+            except Exception:
+                # Webhooks never stop the worker; the deliveries stay pending for the next round.
+                logger.exception("could not send webhooks this round")
             if once:
                 break
             if job is None:

@@ -52,8 +52,9 @@ Outcome = Literal["completed", "stopped", "diverged", "cancelled"]
 # A member whose largest J_l passes this is chaotic beyond any use (the edge is at J = 1).
 J_BOUND = 1e3
 # Order parameters are measured on a fixed subset of the training data, the same for every member
-# and every measurement, so a time series reflects the weights and not the batch.
-MEASURE_BATCH = 256
+# and every measurement, so a time series reflects the weights and not the batch. χ is a mean over
+# 128 × width pre-activations: plenty; 256 made a measurement cost half as much again.
+MEASURE_BATCH = 128
 # APJN is a few vector–Jacobian products per layer; a smaller batch is plenty for a mean over
 # examples × vectors, and keeps conv layers' random vectors small.
 APJN_BATCH = 64
@@ -67,9 +68,9 @@ MEASURE_SEED = 20210721
 MEASURES_PER_EPOCH = 20
 EVALS_PER_EPOCH = 2
 # Floors on the intervals, in training examples, so that measuring stays cheap on small datasets.
-# Measured on the paper model at B = 32 (CPU): one measurement costs about 1.2 training steps and
-# one evaluation (2000 validation examples + APJN) about 12, so these floors keep each under ~2%
-# of the training time; at the usual 20 and 2 per epoch on Fashion-MNIST both are below 1.5%.
+# Measured on the paper model at B = 32 (CPU, 4 members): one measurement costs about 1.3 training
+# steps and one evaluation (2000 validation examples + APJN) about 12, so these floors keep each
+# under ~2.5% of the training time; at 20 and 2 per epoch on Fashion-MNIST each is about 1.5%.
 MEASURE_FLOOR_SAMPLES = 2048
 EVAL_FLOOR_SAMPLES = 16384
 
@@ -329,20 +330,44 @@ class _Population:
     def sgd_step(self, grads: tuple[Tensor, ...]) -> None:
         """PyTorch's SGD on every member at once, in place (the grads are consumed).
 
-        Each line is one pass over the stacked tensors; on CPU and GPU alike these passes, not the
-        matmuls, dominate a step of a small model, so none is spent that is not needed.
+        Each line is one pass over the stacked tensors, and for a small model these passes are a
+        large share of a step, so none is spent that is not needed. The (P, 1, ...)
+        hyperparameter goes first among addcmul's factors: the CPU kernels vectorise a broadcast
+        operand only in that position.
         """
-        for (name, p), d_p in zip(self.params.items(), grads, strict=True):
+        for (name, p), d_p in zip(list(self.params.items()), grads, strict=True):
+            if d_p.stride() != p.stride():
+                p = self._adopt_layout(name, d_p)
             neg_lr, momentum, decay = self.hyper[name]
             if self.decays:
-                d_p.addcmul_(p, decay)  # d_p = g + wd·p
+                d_p.addcmul_(decay, p)  # d_p = g + wd·p
             if self.heavy_ball:
                 # buf = α·buf + d_p in one pass. buf starts at zero, so the first step gives
                 # buf = d_p exactly, and α = 0 gives buf = d_p, both as in PyTorch.
                 buf = self.momentum_buffers[name]
-                torch.addcmul(d_p, buf, momentum, out=buf)
+                torch.addcmul(d_p, momentum, buf, out=buf)
                 d_p = buf
-            p.addcmul_(d_p, neg_lr)  # p -= lr·buf
+            p.addcmul_(neg_lr, d_p)  # p -= lr·buf
+
+    def _adopt_layout(self, name: str, grad: Tensor) -> Tensor:
+        """Store a parameter (and its momentum) in the memory layout its gradient comes in.
+
+        Under vmap a linear layer's weight gradient arrives transposed in memory (bmm's backward
+        does not restore the weight's layout, as mm's does). Elementwise passes over operands of
+        different layouts are strided, several times slower; with one layout they are dense. The
+        forward then reads the weight as a contiguous Wᵀ, which bmm handles as well. Happens on
+        the first step (and after a compaction), not every step.
+        """
+        for state in (self.params, self.momentum_buffers):
+            if name in state:
+                old = state[name]
+                new = torch.empty_strided(
+                    old.shape, grad.stride(), dtype=old.dtype, device=old.device
+                )
+                new.copy_(old)
+                state[name] = new
+        self.params[name].requires_grad_(True)
+        return self.params[name]
 
 
 def _finite(values: list[float] | None) -> bool:
@@ -454,7 +479,10 @@ def run_population(
         member = pop.members[position]
         kept = None
         if keep_params:
-            kept = {k: v[position].detach().to("cpu").clone() for k, v in pop.params.items()}
+            kept = {
+                k: v[position].detach().to("cpu").clone(memory_format=torch.contiguous_format)
+                for k, v in pop.params.items()
+            }
         results[member] = ProbeResult(
             config=configs[member],
             outcome=outcome,

@@ -1,0 +1,243 @@
+"""Prometheus metrics at GET /metrics, in the app's own registry (made by create_app).
+
+Job and probe metrics are read from the database at scrape time (DatabaseCollector): workers may
+run in other processes or on other machines, and the database is the one place that sees all of
+them, so every API replica reports the same numbers in every deployment shape. HTTP metrics are
+counted in-process by HttpMetrics, labelled by route template (never the raw path, which would
+make one series per job id).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+
+import anyio.to_thread
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from sqlalchemy import Float, case, cast, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.models import (
+    JOB_STATUSES,
+    TERMINAL_STATUSES,
+    Job,
+    Probe,
+    WebhookDelivery,
+    utcnow,
+)
+
+JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+PROBE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+# The probe throughput gauge averages this many of the newest probes.
+THROUGHPUT_PROBES = 100
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+def _histogram(
+    name: str,
+    doc: str,
+    buckets: Sequence[float],
+    series: dict[tuple[str, ...], list[float]],
+    labels: Sequence[str] = (),
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=list(labels))
+    for label_values, values in series.items():
+        cumulative = [(str(le), float(sum(1 for v in values if v <= le))) for le in buckets]
+        cumulative.append(("+Inf", float(len(values))))
+        family.add_metric(list(label_values), cumulative, sum_value=float(sum(values)))
+    return family
+
+
+class DatabaseCollector(Collector):
+    """Jobs, queue, probes, heartbeats and webhooks, read from the database at each scrape.
+
+    Cost per scrape: a few aggregate queries, plus one row per finished job for the duration
+    histogram (durations are timestamp differences, which SQLite and PostgreSQL spell
+    differently; reading two columns keeps the query portable).
+    """
+
+    def __init__(self, sessions: Callable[[], sessionmaker[Session] | None]) -> None:
+        # A callable: the app's sessions exist only once its lifespan has started.
+        self.sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        factory = self.sessions()
+        if factory is None:
+            return
+        up = GaugeMetricFamily("edgetune_database_up", "1 if the database answered this scrape")
+        try:
+            with factory() as session:
+                families = list(self._families(session, utcnow()))
+        except SQLAlchemyError:
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        yield from families
+
+    def _families(self, session: Session, now: datetime) -> Iterator[Metric]:
+        counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        jobs = GaugeMetricFamily("edgetune_jobs", "Jobs by state", labels=["state"])
+        for state in JOB_STATUSES:
+            jobs.add_metric([state], float(counts.get(state, 0)))
+        yield jobs
+        yield GaugeMetricFamily(
+            "edgetune_queue_depth",
+            "Queued jobs waiting for a worker",
+            value=float(counts.get("queued", 0)),
+        )
+
+        finished = session.execute(
+            select(Job.status, Job.started_at, Job.finished_at).where(
+                Job.status.in_(TERMINAL_STATUSES),
+                Job.started_at.is_not(None),
+                Job.finished_at.is_not(None),
+            )
+        ).all()
+        durations: dict[tuple[str, ...], list[float]] = {(s,): [] for s in TERMINAL_STATUSES}
+        for status, started, ended in finished:
+            if started is not None and ended is not None:  # filtered in SQL; typed as optional
+                durations[(status,)].append(max(0.0, (ended - started).total_seconds()))
+        yield _histogram(
+            "edgetune_job_duration_seconds",
+            "Wall time of finished jobs from first start to end, by final state",
+            JOB_BUCKETS,
+            durations,
+            labels=["state"],
+        )
+
+        # Bucket counts in SQL: one row, however many probes there are.
+        bucket_columns = [
+            func.coalesce(func.sum(case((Probe.seconds <= le, 1), else_=0)), 0)
+            for le in PROBE_BUCKETS
+        ]
+        row = session.execute(
+            select(func.count(), func.coalesce(func.sum(Probe.seconds), 0.0), *bucket_columns)
+        ).one()
+        probes = HistogramMetricFamily(
+            "edgetune_probe_duration_seconds", "Wall time of each stored probe"
+        )
+        probe_buckets = [(str(le), float(n)) for le, n in zip(PROBE_BUCKETS, row[2:], strict=True)]
+        probe_buckets.append(("+Inf", float(row[0])))
+        probes.add_metric([], probe_buckets, sum_value=float(row[1]))
+        yield probes
+
+        newest = session.execute(
+            select(
+                Probe.seconds,
+                cast(Probe.config["batch_size"].as_float(), Float),
+                cast(Probe.result["steps_done"].as_float(), Float),
+            )
+            .order_by(Probe.id.desc())
+            .limit(THROUGHPUT_PROBES)
+        ).all()
+        rates = [
+            steps * batch / seconds
+            for seconds, batch, steps in newest
+            if seconds and seconds > 0 and batch is not None and steps is not None
+        ]
+        throughput = GaugeMetricFamily(
+            "edgetune_probe_config_samples_per_second",
+            f"Training samples per second per probed configuration (steps·batch_size/seconds), "
+            f"mean of the newest {THROUGHPUT_PROBES} stored probes",
+        )
+        throughput.add_metric([], sum(rates) / len(rates) if rates else math.nan)
+        yield throughput
+
+        newest_beat = session.execute(
+            select(func.max(Job.heartbeat_at)).where(Job.status == "running")
+        ).scalar_one_or_none()
+        age = GaugeMetricFamily(
+            "edgetune_worker_heartbeat_age_seconds",
+            "Seconds since the newest heartbeat of any running job (NaN when none runs); "
+            "a large value with running jobs means their workers stopped",
+        )
+        if newest_beat is not None and newest_beat.tzinfo is None:
+            # func.max bypasses the column type on SQLite: the value comes back naive UTC.
+            newest_beat = newest_beat.replace(tzinfo=now.tzinfo)
+        age.add_metric([], math.nan if newest_beat is None else (now - newest_beat).total_seconds())
+        yield age
+
+        delivery_counts = dict(
+            session.execute(
+                select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
+            ).all()
+        )
+        deliveries = GaugeMetricFamily(
+            "edgetune_webhook_deliveries", "Webhook deliveries by status", labels=["status"]
+        )
+        for status in DELIVERY_STATUSES:
+            deliveries.add_metric([status], float(delivery_counts.get(status, 0)))
+        yield deliveries
+        session.commit()
+
+
+class Metrics:
+    """One app's registry: the database collector and the HTTP request metrics."""
+
+    def __init__(self, sessions: Callable[[], sessionmaker[Session] | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "edgetune_http_requests",
+            "HTTP requests by method, route template and status code",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "edgetune_http_request_duration_seconds",
+            "HTTP request latency by method and route template",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.registry.register(DatabaseCollector(sessions))
+
+
+class HttpMetrics:
+    """ASGI middleware counting requests and their latency by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception before any response is a server error
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router leaves the matched route in the scope; unmatched paths share one label.
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+
+
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text format; no API key needed (scrapers rarely carry one)."""
+    metrics: Metrics = request.app.state.metrics
+    # The collector queries the database: off the event loop.
+    body = await anyio.to_thread.run_sync(generate_latest, metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,241 @@
+"""The Python client (edgetune.Client, edgetune.AsyncClient) against a live server.
+
+uvicorn serves the real app on a loopback port over a real SQLite file; the real worker trains
+the jobs (a small synthetic dataset, seconds on a CPU). The README's "Use from a pipeline" block
+is extracted and run as written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from app import queue
+from app.config import Settings
+from app.db import make_engine, session_factory, upgrade
+from app.schemas import JobOut, ProbeList, RecommendationSpec
+from edgetune import (
+    AsyncClient,
+    Client,
+    EdgetuneError,
+    JobCancelled,
+    JobFailed,
+    ProblemError,
+    Unreachable,
+    WaitTimeout,
+)
+from edgetune.client import MAX_POLL_SECONDS, Backoff, retry_after
+from tests.test_api import SMALL_SPEC, api_key, live_server
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    path = tmp_path_factory.mktemp("client")
+    settings = Settings(
+        database_url=f"sqlite:///{path / 'edgetune.db'}",
+        data_dir=path / "data",
+        data_root=str(path),
+        poll_seconds=0.1,
+    )
+    upgrade(settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def url(settings: Settings) -> Iterator[str]:
+    with live_server(settings) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def key(settings: Settings) -> str:
+    """An API key (an explicit database means keys are required, as in any deployment)."""
+    return api_key(settings)["X-API-Key"]
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[None]:
+    """The real worker loop, polling every 0.1 s, for the length of one test."""
+    from worker.main import run_worker  # torch: only the worker side imports it
+
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_worker, args=(settings,), kwargs={"device": "cpu", "stop": stop}
+    )
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=60)
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[Session]:
+    engine = make_engine(settings)
+    with session_factory(engine)() as session:
+        yield session
+    engine.dispose()
+
+
+def test_importing_the_client_imports_neither_torch_nor_the_worker() -> None:
+    code = (
+        "import sys; import edgetune; from edgetune import Client, AsyncClient; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'worker', 'numpy')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_sync_client_runs_a_job_to_its_recommendation(url: str, key: str, worker: None) -> None:
+    with Client(url, api_key=key) as client:
+        job = client.submit(SMALL_SPEC, idempotency_key="client-sync")
+        assert isinstance(job, JobOut) and job.status in ("queued", "running")
+        # The same key and spec: the same job, not a second one.
+        assert client.submit(SMALL_SPEC, idempotency_key="client-sync").id == job.id
+        with pytest.raises(WaitTimeout) as timed_out:
+            client.wait(job.id, timeout=0.2, poll=0.05)
+        assert isinstance(timed_out.value, TimeoutError)
+        assert timed_out.value.job.id == job.id and "keeps running" in str(timed_out.value)
+        done = client.wait(job.id, timeout=60, poll=0.1)
+        assert done.status == "succeeded" and done.progress.fraction == 1.0
+        result = client.recommendation(job.id)
+        hyper = result["hyperparameters"]
+        assert hyper["learning_rate"] > 0 and hyper["batch_size"] >= 1
+        assert set(hyper["torch_sgd_kwargs"]) == {"lr", "momentum", "weight_decay"}
+        probes = client.probes(job.id)
+        assert isinstance(probes, ProbeList) and len(probes.probes) == done.progress.probes_done
+        assert probes.probes[0].records[0]["epoch"] == 0.0
+        assert job.id in [j.id for j in client.jobs(status="succeeded")]
+
+
+def test_async_client_recommend_and_paging(url: str, key: str, worker: None) -> None:
+    spec = RecommendationSpec.model_validate({**SMALL_SPEC, "seed": 1})
+
+    async def main() -> tuple[dict, list[JobOut], list[JobOut]]:
+        async with AsyncClient(url, api_key=key) as client:
+            result = await client.recommend(spec, timeout=60)
+            paged = [job async for job in client.jobs(page_size=1)]
+            everything = [job async for job in client.jobs()]
+            return result, paged, everything
+
+    result, paged, everything = asyncio.run(main())
+    assert result["hyperparameters"]["momentum"] < 1
+    assert result["seed"] == 1
+    # page_size=1 walks every page: the same jobs, in the same (newest first) order.
+    assert len(paged) >= 2 and [j.id for j in paged] == [j.id for j in everything]
+
+
+def test_a_spec_from_a_yaml_file_and_wait_false(url: str, key: str, tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "model: {type: mlp, hidden: [8]}\n"
+        "dataset: {name: synthetic, synthetic_samples: 64, synthetic_features: 4}\n"
+        "budget: {epochs: 1}\nseed: 7\n"
+    )
+    with Client(url, api_key=key) as client:
+        job = client.recommend(path, wait=False)
+        assert isinstance(job, JobOut) and job.spec["seed"] == 7
+        # No worker in this test: the job is still queued, so cancelling ends it at once.
+        assert client.cancel(job.id).status == "cancelled"
+        with pytest.raises(JobCancelled) as cancelled:
+            client.wait(job.id, timeout=5)
+        assert cancelled.value.job.status == "cancelled"
+        with pytest.raises(ProblemError) as finished:
+            client.cancel(job.id)
+        assert finished.value.status == 409 and "already cancelled" in finished.value.detail
+
+
+def test_errors_are_typed_and_carry_the_problem(url: str, key: str) -> None:
+    with Client(url, api_key="") as anonymous, pytest.raises(ProblemError) as unauthorized:
+        anonymous.job("no-such-job")
+    assert unauthorized.value.status == 401 and "X-API-Key" in unauthorized.value.detail
+    with Client(url, api_key=key) as client:
+        with pytest.raises(ProblemError) as missing:
+            client.job("no-such-job")
+        assert missing.value.status == 404 and missing.value.title == "Job not found"
+        assert missing.value.type.endswith("job-not-found")
+        # Valid as a spec, over this server's limit (max_probe_fraction 2): the server's 422.
+        with pytest.raises(ProblemError) as rejected:
+            client.submit({**SMALL_SPEC, "budget": {"epochs": 5, "probe_fraction": 50}})
+        assert rejected.value.status == 422
+        assert rejected.value.errors[0]["field"] == "budget.probe_fraction"
+        assert "budget.probe_fraction" in str(rejected.value)
+
+        job = client.submit({**SMALL_SPEC, "seed": 99})
+        with pytest.raises(ProblemError) as not_ready:
+            client.recommendation(job.id)
+        assert not_ready.value.status == 409
+        client.cancel(job.id)  # leave nothing queued for the next test's worker
+
+
+def test_job_failed_carries_the_workers_error(url: str, key: str, sessions: Session) -> None:
+    with Client(url, api_key=key) as client:
+        job = client.submit({**SMALL_SPEC, "seed": 98})
+        # Fail it the way a worker does: claim it, then record a permanent error.
+        claimed = queue.claim(sessions, worker_id="test", lease_seconds=60)
+        assert claimed is not None and claimed.id == job.id
+        queue.fail_or_retry(
+            sessions, job.id, worker_id="test", error="ValueError: boom", retry=False
+        )
+        with pytest.raises(JobFailed) as failed:
+            client.wait(job.id, timeout=5)
+        assert failed.value.error == "ValueError: boom"
+        assert isinstance(failed.value, EdgetuneError)
+
+
+def test_local_validation_and_an_unreachable_server() -> None:
+    with Client("http://127.0.0.1:9") as client:
+        with pytest.raises(ValueError, match="hidden"):
+            client.submit({"model": {"type": "mlp", "hidden": "wide"}})
+        with pytest.raises(Unreachable, match="cannot reach"):
+            client.job("x")
+
+
+def test_backoff_grows_with_jitter_honours_retry_after_and_the_deadline() -> None:
+    backoff = Backoff(1.0, deadline=None)
+    pauses = [backoff.next(None) for _ in range(12)]
+    assert 0.8 <= pauses[0] <= 1.2 and 1.2 <= pauses[1] <= 1.8
+    assert max(pauses) <= MAX_POLL_SECONDS and pauses[-1] >= 0.8 * MAX_POLL_SECONDS
+    # A Retry-After longer than the backoff wins; the deadline wins over both.
+    assert Backoff(0.1, deadline=None).next(5.0) == 5.0
+    assert Backoff(0.1, deadline=time.monotonic() + 0.5).next(5.0) <= 0.5
+    assert retry_after({"retry-after": "3"}) == 3.0
+    assert 8 <= (retry_after({"Retry-After": formatdate(time.time() + 10, usegmt=True)}) or 0) <= 10
+    assert retry_after({"retry-after": "soon"}) is None and retry_after({}) is None
+
+
+def readme_example() -> str:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Use from a pipeline", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 1, "the section holds one python example"
+    return blocks[0]
+
+
+def test_the_readme_pipeline_example_runs_as_written(url: str, key: str, worker: None) -> None:
+    env = {**os.environ, "EDGETUNE_URL": url, "EDGETUNE_API_KEY": key}
+    done = subprocess.run(
+        [sys.executable, "-c", readme_example()],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"train \d+(\.\d+)? epochs at batch size \d+: SGD \(", done.stdout), (
+        done.stdout
+    )
