@@ -7,7 +7,7 @@ Compares, at B = 32 and a 20-epoch budget on real Fashion-MNIST (test set):
 - in between: (η 0.02, α 0.9, weight_decay 5e-5).
 The recommendation engine's default strategy (worker/recommend.py, choose_config) follows it.
 
-    python benchmarks/decay_strategy.py [--epochs 20] [--out benchmarks/results/decay_strategy_cpu.json]
+    python benchmarks/decay_strategy.py [--epochs 20] [--out FILE.json]
 """
 
 from __future__ import annotations

@@ -701,6 +701,17 @@ def series_json(s: Series) -> dict[str, Any]:
     }
 
 
+def strict_json(value: Any) -> Any:
+    """NaN and ±inf become None (null): the file stays strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cuda = torch.cuda.is_available()
@@ -796,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
         "series": [series_json(s) for s in series],
     }
     json_path = prefix.with_name(prefix.name + ".json")
-    json_path.write_text(json.dumps(fit._jsonable(out), indent=1, ensure_ascii=False) + "\n")
+    json_path.write_text(json.dumps(strict_json(out), indent=1, ensure_ascii=False) + "\n")
     paths = plot(series, analysis, prefix)
     print(f"wrote {json_path} and {', '.join(p.name for p in paths)}")
     return 0
