@@ -14,7 +14,8 @@ WORKDIR /srv/edgetune
 # Packaging metadata and empty packages only: the dependency layers below are rebuilt when
 # pyproject.toml changes, not on every code change (torch alone is gigabytes).
 COPY pyproject.toml README.md ./
-RUN mkdir app worker && touch app/__init__.py worker/__init__.py \
+RUN mkdir app worker edgetune \
+    && touch app/__init__.py worker/__init__.py edgetune/__init__.py \
     && mkdir .edgetune && chown edgetune .edgetune
 
 # The API: the package without its `worker` extra, so no torch in this image. It also runs the
@@ -26,6 +27,9 @@ COPY alembic.ini ./
 COPY migrations ./migrations
 COPY app ./app
 COPY worker ./worker
+COPY edgetune ./edgetune
+# Listening beyond loopback: API keys are required (auth may be off only on loopback).
+ENV EDGETUNE_HOST=0.0.0.0
 USER edgetune
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
@@ -41,5 +45,6 @@ COPY alembic.ini ./
 COPY migrations ./migrations
 COPY app ./app
 COPY worker ./worker
+COPY edgetune ./edgetune
 USER edgetune
 CMD ["edgetune", "worker"]

@@ -23,7 +23,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy app worker
+	$(BIN)/mypy app worker edgetune
 
 demo: install
 	bash scripts/demo.sh

@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import platform
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ MODEL = MLPSpec()  # the paper's network
 EDGE = 1.0
 SEED = 0  # one seed for every config: the same initial W, as in a grid of single runs
 MEASURES_PER_EPOCH = 20
+LOAD_SAMPLE_SECONDS = 15.0
 
 # Acceptance lines (issue 2) and the reference values measured on this data (science.md §3).
 K_RANGE = (10.0, 13.0)
@@ -663,7 +665,7 @@ def plot(series: list[Series], analysis: dict[str, Any], prefix: Path) -> list[P
         best = int(np.argmin(np.array(losses, dtype=float)))
         ax.plot([js[best]], [losses[best]], "*", color=colors(i % 10), ms=12)
     ax.set_xlabel("J")
-    ax.set_ylabel("test loss (10,000 test images)")
+    ax.set_ylabel("test loss")
     ax.set_title("Test loss against the order parameter J (★ minimum)", fontsize=10)
     ax.set_ylim(None, 0.6)
     ax.legend(fontsize=7)
@@ -750,9 +752,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.workers} process(es) × {args.threads} thread(s); load {load_start[0]:.1f}",
         file=sys.stderr,
     )
+    # The machine may be shared: sample the 1-minute load average through the run.
+    loads: list[float] = []
+    done = threading.Event()
+
+    def sample_load() -> None:
+        while not done.wait(LOAD_SAMPLE_SECONDS):
+            loads.append(os.getloadavg()[0])
+
+    sampler = threading.Thread(target=sample_load, daemon=True)
+    sampler.start()
     start = time.perf_counter()
     series = train_all(args.mode, root, device, args.workers, args.threads)
     wall = time.perf_counter() - start
+    done.set()
     load_end = list(os.getloadavg())
     analysis = analyse(series, args.transient)
 
@@ -760,7 +773,8 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = [i["verdict"] for i in analysis["items"] if i["item"] != "7"]
     print(
         f"\nmode {args.mode} on {device} ({cpu_model()}): {wall:.0f} s wall; "
-        f"load average at start {load_start[0]:.2f}, at end {load_end[0]:.2f}; "
+        f"load average at start {load_start[0]:.2f}, during {np.mean(loads or [math.nan]):.2f} "
+        f"(mean of {len(loads)}), at end {load_end[0]:.2f}; "
         f"{verdicts.count('PASS')} PASS, {verdicts.count('FAIL')} FAIL, "
         f"{verdicts.count('N/A')} N/A"
     )
@@ -777,6 +791,13 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "load_average_at_start": load_start,
         "load_average_at_end": load_end,
+        "load_average_1min_during": {
+            "samples": len(loads),
+            "every_seconds": LOAD_SAMPLE_SECONDS,
+            "min": min(loads, default=None),
+            "mean": float(np.mean(loads)) if loads else None,
+            "max": max(loads, default=None),
+        },
     }
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
@@ -787,7 +808,8 @@ def main(argv: list[str] | None = None) -> int:
         "paper": "arXiv 2107.09437 (Zhang, Feng, Chen, Lai)",
         "model": "784 → Linear(784, 784, no bias) → tanh → Linear(784, 10); J_init 0.5; "
         "Glorot read-out",
-        "dataset": "fashion-mnist: 60000 train, test loss/accuracy on all 10000 test images",
+        "dataset": f"fashion-mnist: {mode['max_train'] or 60000} training images; test loss and "
+        f"accuracy on {mode['test_examples'] or 10000} test images",
         "optimizer": "SGD with momentum, no weight decay, seed 0 for every config",
         "settings": {
             "measures_per_epoch": MEASURES_PER_EPOCH,

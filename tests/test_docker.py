@@ -22,6 +22,7 @@ import yaml
 
 from app.config import Settings
 from app.db import upgrade
+from tests.test_api import api_key
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -154,7 +155,9 @@ def test_the_api_image_command_serves(tmp_path: Path) -> None:
     command = image_command("api")
     assert command[:2] == ["uvicorn", "--factory"]
     database = f"sqlite:///{tmp_path / 'edgetune.db'}"
-    upgrade(Settings(database_url=database, data_dir=tmp_path))
+    settings = Settings(database_url=database, data_dir=tmp_path)
+    upgrade(settings)
+    key = api_key(settings)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -181,7 +184,9 @@ def test_the_api_image_command_serves(tmp_path: Path) -> None:
                     pytest.fail(f"{shlex.join(command)} did not serve within 30 s")
                 time.sleep(0.2)
         assert response.status_code == 200
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").json()["jobs"] == []
+        # An explicit database means keys are required.
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs", headers=key).json()["jobs"] == []
     finally:
         proc.terminate()
         proc.wait(timeout=30)
