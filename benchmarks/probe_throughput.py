@@ -12,9 +12,9 @@ seconds. It then measures what the order-parameter measurements cost at the defa
 - end to end, a population trained for one epoch with the default intervals against the same run
   with measurements off.
 
-Every timing is the best of `--repeats` runs, runs of the variants interleaved, in wall time and in
-this process's CPU time: the machines this runs on may be shared, and the minimum (on a CPU, of a
-single-threaded run's CPU time above all) is the least disturbed estimate.
+Every timing is the best of `--repeats` runs (at least 3 for the overhead), variants interleaved,
+in wall time and in this process's CPU time: the machines this runs on may be shared, and the
+minimum (on a CPU, of a single-threaded run's CPU time above all) is the least disturbed estimate.
 
     .venv/bin/python benchmarks/probe_throughput.py [--device cuda] [--steps N] [--out PATH]
 """
@@ -205,24 +205,41 @@ def overhead(
     # End to end: one probe of `probe_steps` with the default intervals against none.
     long = make_configs(members, probe_steps)
     default_runs, off_runs = [], []
-    for _ in range(repeats):
+    for _ in range(max(3, repeats)):
         default_runs.append(time_population(data, long, device, None, None))
         off_runs.append(time_population(data, long, device, 0, 0))
     with_default, without = best(default_runs), best(off_runs)
-    points = {0, probe_steps} | set(range(0, probe_steps + 1, measure_every))
-    evals = {0, probe_steps} | set(range(0, probe_steps + 1, eval_every))
+    # Records beyond the two that runs without measurements take too (step 0 and the last step).
+    points = len({0, probe_steps} | set(range(0, probe_steps + 1, measure_every)))
+    evals = len({0, probe_steps} | set(range(0, probe_steps + 1, eval_every)))
+    parts = {"wall": steady("wall"), "cpu": steady("cpu")}
+
+    def predicted(clock: str) -> float:
+        p = parts[clock]
+        extra = (points - 2) * p["measurement_ms"] + evals * p["evaluation_ms"]
+        return 100 * extra / (probe_steps * p["step_ms"])
+
+    def spread(clock: str) -> float:
+        times = [getattr(t, clock) for t in off_runs]
+        return 100 * (max(times) - min(times)) / min(times)
+
     return {
         "members": members,
         "measure_every": measure_every,
         "eval_every": eval_every,
-        "steady_state": {"wall": steady("wall"), "cpu": steady("cpu")},
+        "steady_state": parts,
         "end_to_end": {
             "steps": probe_steps,
             "epochs": probe_steps * BATCH / data.train_size,
-            "records": len(points),
-            "evaluations": len(evals),
+            "records": points,
+            "evaluations": evals,
+            "predicted_percent_wall": predicted("wall"),
+            "predicted_percent_cpu": predicted("cpu"),
             "percent_wall": 100 * (with_default.wall - without.wall) / without.wall,
             "percent_cpu": 100 * (with_default.cpu - without.cpu) / without.cpu,
+            # How far identical runs without measurements differ: the noise of the line above.
+            "spread_of_identical_runs_percent_wall": spread("wall"),
+            "spread_of_identical_runs_percent_cpu": spread("cpu"),
             "default_runs": [asdict(t) for t in default_runs],
             "off_runs": [asdict(t) for t in off_runs],
         },
@@ -249,7 +266,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     gpu = device.type == "cuda"
-    steps = args.steps or (500 if gpu else 80)
+    steps = args.steps or (500 if gpu else 60)
     overhead_members = args.overhead_members or (8 if gpu else 4)
     out = (
         args.out
@@ -298,9 +315,14 @@ def main() -> None:
         )
     e2e = cost["end_to_end"]
     print(
-        f"  end to end over {e2e['steps']} steps ({e2e['epochs']:.2f} epochs, {e2e['records']} "
-        f"records, {e2e['evaluations']} evaluations): {e2e['percent_wall']:+.1f}% wall time, "
-        f"{e2e['percent_cpu']:+.1f}% CPU time"
+        f"  one probe of {e2e['steps']} steps ({e2e['epochs']:.2f} epochs, {e2e['records']} "
+        f"records, {e2e['evaluations']} evaluations): from the costs above "
+        f"{e2e['predicted_percent_wall']:.1f}% (wall), {e2e['predicted_percent_cpu']:.1f}% (CPU);"
+    )
+    print(
+        f"    timed end to end {e2e['percent_wall']:+.1f}% (wall), {e2e['percent_cpu']:+.1f}% "
+        f"(CPU), while identical runs differ by {e2e['spread_of_identical_runs_percent_wall']:.1f}%"
+        f" (wall), {e2e['spread_of_identical_runs_percent_cpu']:.1f}% (CPU)"
     )
 
     info["load_average_at_end"] = list(os.getloadavg())
@@ -310,7 +332,7 @@ def main() -> None:
         "model": "paper MLP: 784 → Linear(784, 784, no bias) → tanh → Linear(784, 10)",
         "dataset": f"fashion-mnist, {data.train_size} training examples",
         "batch_size": BATCH,
-        "timing": f"best of {args.repeats} interleaved runs (steady-state overhead: of "
+        "timing": f"best of {args.repeats} interleaved runs (overhead: of "
         f"{max(3, args.repeats)}), wall and process CPU time; population runs include building "
         "and stacking the members and the step-0 and final measurements; throughput runs "
         "measure only at step 0 and the last step (J, chi), the sequential loop not at all",
