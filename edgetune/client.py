@@ -24,15 +24,7 @@ from typing import Any, Literal, overload
 import httpx
 import yaml
 
-try:
-    from app.schemas import JobOut, JobStatus, ProbeList, RecommendationSpec
-except ImportError as exc:  # pragma: no cover - only in a broken environment
-    # The service's schemas live in the top-level package `app`; a user's own `app` package
-    # earlier on sys.path (a FastAPI project run from its root, say) shadows it.
-    raise ImportError(
-        "edgetune's client needs the schemas in edgetune's `app` package, but `import "
-        f"app.schemas` failed ({exc}); is another package named `app` shadowing it on sys.path?"
-    ) from exc
+from edgetune.schemas import JobOut, JobStatus, ProbeList, RecommendationSpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -89,14 +89,24 @@ def sessions(settings: Settings) -> Iterator[Session]:
     engine.dispose()
 
 
-def test_importing_the_client_imports_neither_torch_nor_the_worker() -> None:
+def test_importing_the_client_imports_neither_torch_nor_the_service(tmp_path: Path) -> None:
     code = (
         "import sys; import edgetune; from edgetune import Client, AsyncClient; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'worker', 'numpy')); "
+        "from edgetune.schemas import RecommendationSpec; "
+        "bad = sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('torch', 'worker', 'numpy', 'app')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+    # A user's own top-level `app` package, first on sys.path, does not break the client.
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("USER_APP = True\n")
+    code = "import app; assert app.USER_APP; from edgetune import Client; print('ok')"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "ok" in done.stdout, done.stdout + done.stderr
 
 
 def test_sync_client_runs_a_job_to_its_recommendation(url: str, key: str, worker: None) -> None:

@@ -1,0 +1,273 @@
+"""The request spec and the API's response models, shared by the client, the API and the worker.
+
+They live in the `edgetune` package, the import path users see (`from edgetune.schemas import
+RecommendationSpec`); `app.schemas` re-exports them for the service's own modules.
+
+Declarative only: a spec names architectures, datasets and numbers; nothing in it is ever executed
+or unpickled. Every model forbids unknown fields so a typo is an error that names the field.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+Activation = Literal["tanh", "relu", "gelu", "silu", "linear"]
+
+# Hard ceilings that hold whatever the deployment configures; the service adds its own, tighter,
+# configurable limits (parameter count, probe budget) on top.
+MAX_WIDTH = 16_384
+MAX_DEPTH = 64
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class InitSpec(Strict):
+    """Weight initialisation of the hidden layers.
+
+    `edge` is the paper's: hidden weights N(0, J²/fan_in), Glorot-uniform read-out, zero biases.
+    """
+
+    scheme: Literal["edge", "torch-default", "kaiming", "xavier"] = "edge"
+    J: float = Field(0.5, gt=0, le=10, description="Coupling J for scheme=edge")
+
+
+class MLPSpec(Strict):
+    type: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(strict=True, ge=1, le=MAX_WIDTH)]] = Field(
+        default_factory=lambda: [784], min_length=1, max_length=MAX_DEPTH
+    )
+    activation: Activation = "tanh"
+    hidden_bias: bool = False
+    output_bias: bool = True
+    init: InitSpec = Field(default_factory=InitSpec)
+
+
+class ConvBlockSpec(Strict):
+    channels: int = Field(strict=True, ge=1, le=4096)
+    kernel: int = Field(3, strict=True, ge=1, le=15)
+    stride: int = Field(1, strict=True, ge=1, le=8)
+    # Max-pool window after the activation; 1 = no pooling.
+    pool: int = Field(1, strict=True, ge=1, le=8)
+
+
+class CNNSpec(Strict):
+    type: Literal["cnn"] = "cnn"
+    blocks: list[ConvBlockSpec] = Field(min_length=1, max_length=MAX_DEPTH)
+    activation: Activation = "relu"
+    # Dense hidden layers between the (flattened) conv features and the read-out.
+    hidden: list[Annotated[int, Field(strict=True, ge=1, le=MAX_WIDTH)]] = Field(
+        default_factory=list, max_length=MAX_DEPTH
+    )
+    hidden_bias: bool = True
+    output_bias: bool = True
+    init: InitSpec = Field(default_factory=lambda: InitSpec(scheme="kaiming"))
+
+
+class TorchvisionSpec(Strict):
+    type: Literal["torchvision"] = "torchvision"
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
+    num_classes: int | None = Field(None, strict=True, ge=2, le=100_000)
+
+
+def _model_type(value: Any) -> str:
+    """The `type` tag of a model spec; a spec without one is an MLP (the default model)."""
+    if isinstance(value, dict):
+        return str(value.get("type", "mlp"))
+    return str(getattr(value, "type", "mlp"))
+
+
+ModelSpec = Annotated[
+    Annotated[MLPSpec, Tag("mlp")]
+    | Annotated[CNNSpec, Tag("cnn")]
+    | Annotated[TorchvisionSpec, Tag("torchvision")],
+    Discriminator(
+        _model_type,
+        custom_error_type="model_type_unknown",
+        custom_error_message="model.type must be one of 'mlp', 'cnn', 'torchvision'",
+    ),
+]
+
+DatasetName = Literal["fashion-mnist", "mnist", "digits", "npz", "image-folder", "synthetic"]
+
+
+class DatasetSpec(Strict):
+    name: DatasetName = "fashion-mnist"
+    # Folder (IDX datasets, image-folder) or file (npz). Relative paths resolve against the data
+    # root; default for IDX datasets is <data_root>/<name>.
+    path: str | None = Field(None, max_length=1024)
+    # Validation split carved from the training set; the test split is the dataset's own.
+    validation_fraction: float = Field(1 / 12, ge=0.0, lt=1.0)
+    # Use at most this many training examples (after the validation split); None = all.
+    max_train_samples: int | None = Field(None, strict=True, ge=1)
+    # Image size (square) for image-folder and the input shape override for torchvision models.
+    image_size: int | None = Field(None, strict=True, ge=4, le=512)
+    # Synthetic data only: a seeded Gaussian-mixture classification problem.
+    synthetic_samples: int = Field(2048, strict=True, ge=16, le=1_000_000)
+    synthetic_features: int = Field(32, strict=True, ge=1, le=65_536)
+    synthetic_classes: int = Field(4, strict=True, ge=2, le=1000)
+
+    @field_validator("path")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and "\x00" in v:
+            raise ValueError("path must not contain NUL bytes")
+        return v
+
+
+class OptimizerSpec(Strict):
+    """SGD in PyTorch's semantics. `null` = let edgetune recommend it; a number = fixed."""
+
+    type: Literal["sgd"] = "sgd"
+    learning_rate: float | None = Field(None, gt=0, le=10)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    batch_size: int | None = Field(None, strict=True, ge=1, le=65_536)
+    # PyTorch's weight_decay: gradient += weight_decay·W. The paper's λ‖W‖² is weight_decay = 2λ.
+    weight_decay: float | None = Field(None, ge=0, le=1)
+
+
+class BudgetSpec(Strict):
+    epochs: float = Field(20, gt=0, le=10_000)
+    # Probe compute cap, in units of one full `epochs`-long run of one configuration.
+    probe_fraction: float = Field(1.0, gt=0, le=100)
+
+
+class RecommendationSpec(Strict):
+    model: ModelSpec = Field(default_factory=MLPSpec)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    seed: int = Field(0, strict=True, ge=0, le=2**31 - 1)
+    verify: bool = False
+    callback_url: str | None = Field(None, max_length=2048)
+
+    @model_validator(mode="after")
+    def _finite(self) -> RecommendationSpec:
+        # allow_inf_nan=False already rejects NaN/inf; this guards derived products.
+        if not math.isfinite(self.budget.epochs * self.budget.probe_fraction):
+            raise ValueError("budget.epochs × budget.probe_fraction must be finite")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses of the HTTP API (app/routes.py). Built from ORM rows by app/service.py.
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Progress(BaseModel):
+    """How far a job has come; the worker writes it with every heartbeat."""
+
+    phase: str = "queued"
+    probes_done: int = 0
+    probes_total: int = 0
+    fraction: float = 0.0
+    eta_seconds: float | None = None
+
+
+class JobLinks(BaseModel):
+    self: str
+    recommendation: str
+    probes: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    progress: Progress
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    spec: dict[str, Any]
+    links: JobLinks
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    # Pass as page_token for the next page; null on the last page.
+    next_page_token: str | None
+
+
+class ProbeOut(BaseModel):
+    key: str
+    config: dict[str, Any]
+    outcome: str
+    seconds: float
+    created_at: datetime
+    # The measurement time series (step, epoch, per-layer order parameters, loss, accuracy), as the
+    # probe engine recorded it.
+    records: list[dict[str, Any]]
+    # The rest of the probe's stored result (summary numbers), without `records`.
+    summary: dict[str, Any]
+
+
+class ProbeList(BaseModel):
+    job_id: str
+    probes: list[ProbeOut]
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error response."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+__all__ = [
+    "Activation",
+    "BudgetSpec",
+    "CNNSpec",
+    "ConvBlockSpec",
+    "DatasetName",
+    "DatasetSpec",
+    "FieldError",
+    "Health",
+    "InitSpec",
+    "JobLinks",
+    "JobOut",
+    "JobPage",
+    "JobStatus",
+    "MAX_DEPTH",
+    "MAX_WIDTH",
+    "MLPSpec",
+    "ModelSpec",
+    "OptimizerSpec",
+    "ProbeList",
+    "ProbeOut",
+    "Problem",
+    "Progress",
+    "RecommendationSpec",
+    "Strict",
+    "TorchvisionSpec",
+]
