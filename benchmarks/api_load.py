@@ -158,13 +158,24 @@ async def load(
 
 
 async def run_load(
-    base_url: str, server_pid: int, clients: int, total: int, seconds: float, pace: float
+    base_url: str,
+    server_pid: int,
+    clients: int,
+    total: int,
+    seconds: float,
+    pace: float,
+    headers: dict[str, str],
 ) -> list[Phase]:
     # One AsyncClient (one keep-alive connection) per simulated client, as separate programs
     # would have; one shared client with 50 pooled connections spends 3x the CPU per request in
     # its pool bookkeeping, and on a small machine the load generator then measures itself.
     pool = [
-        httpx.AsyncClient(base_url=base_url, limits=httpx.Limits(max_connections=1), timeout=30)
+        httpx.AsyncClient(
+            base_url=base_url,
+            limits=httpx.Limits(max_connections=1),
+            timeout=30,
+            headers=headers,
+        )
         for _ in range(clients)
     ]
     try:
@@ -199,6 +210,23 @@ async def run_load(
         for client in pool:
             await client.aclose()
     return [got, posted]
+
+
+def api_key_headers(env: dict[str, str]) -> dict[str, str]:
+    """A real API key for the server's database (required beyond the embedded default)."""
+    from app.auth import create_key
+    from app.config import Settings
+    from app.db import make_engine, session_factory
+
+    settings = Settings(
+        data_dir=Path(env["EDGETUNE_DATA_DIR"]), database_url=env.get("EDGETUNE_DATABASE_URL", "")
+    )
+    engine = make_engine(settings)
+    try:
+        with session_factory(engine)() as session:
+            return {"X-API-Key": create_key(session, tenant="load", name="api_load").key}
+    finally:
+        engine.dispose()
 
 
 def free_port() -> int:
@@ -344,8 +372,11 @@ def main(argv: list[str] | None = None) -> int:
                         env["EDGETUNE_DATABASE_URL"] = pg_url
                     pace = args.pace if mode == "paced" else 0.0
                     with server(env, workers) as (url, pid):
+                        headers = api_key_headers(env)
                         phases = asyncio.run(
-                            run_load(url, pid, args.clients, args.requests, args.seconds, pace)
+                            run_load(
+                                url, pid, args.clients, args.requests, args.seconds, pace, headers
+                            )
                         )
                 runs.append(
                     {
