@@ -109,6 +109,21 @@ async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# A refused body is still read (and discarded) up to this many bytes before the 413 goes out:
+# a client that is still sending would otherwise see a reset connection instead of the answer.
+DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+async def _drain(receive: Receive, more: bool = True) -> None:
+    drained = 0
+    while more and drained < DRAIN_LIMIT:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        drained += len(message.get("body", b""))
+        more = message.get("more_body", False)
+
+
 class BodySizeLimit:
     """Refuse request bodies over `max_bytes` with 413, before anything parses them.
 
@@ -143,6 +158,7 @@ class BodySizeLimit:
                 return
             if int(declared) > self.max_bytes:
                 size = f"{int(declared)} bytes (Content-Length)"
+                await _drain(receive)
                 await problem_response(self._too_large(size))(scope, receive, send)
                 return
         received = 0
@@ -154,6 +170,7 @@ class BodySizeLimit:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     # Raised inside the endpoint's body read, so the problem handler answers it.
+                    await _drain(receive, message.get("more_body", False))
                     raise self._too_large(f"over {self.max_bytes} bytes")
             return message
 
