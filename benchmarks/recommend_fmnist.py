@@ -57,6 +57,8 @@ REFERENCE = {
 }
 WITHIN = 0.005  # "within 0.5 points of the best"
 BATCH_SIZES = (16, 32, 64, 128, 256)
+FULL_TRIALS = 40  # baseline trials per method at full scale (the GPU default)
+TPE_STARTUP = 10  # optuna's default n_startup_trials: TPE samples at random until then
 EVAL_CHUNK = 1000
 
 
@@ -428,7 +430,9 @@ def main() -> None:
     device = torch.device("cuda" if mode == "gpu" else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    n_baselines = args.baselines if args.baselines is not None else (40 if mode == "gpu" else 6)
+    n_baselines = (
+        args.baselines if args.baselines is not None else (FULL_TRIALS if mode == "gpu" else 6)
+    )
     round_size = args.round_size or (8 if mode == "gpu" else 3)
     out = Path(args.out or REPO / f"benchmarks/results/recommend_fmnist_{mode}.json")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -447,6 +451,7 @@ def main() -> None:
         "command": "benchmarks/recommend_fmnist.py " + " ".join(sys.argv[1:]),
         "mode": mode,
         "complete": False,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "spec": spec.model_dump(),
         "dataset": {
             "name": args.dataset,
@@ -530,7 +535,19 @@ def main() -> None:
                         **summarise(rows[method], et),
                         "all_trials": rows[method],
                     }
-                report["baselines"]["partial"] = min(len(r) for r in rows.values()) < n_baselines
+                done = min(len(r) for r in rows.values())
+                # Partial: fewer trials than the full benchmark's 40 per method (the GPU default),
+                # whether by request (small CPU runs) or because the run was stopped.
+                report["baselines"]["trials_done_per_method"] = done
+                report["baselines"]["partial"] = done < FULL_TRIALS
+                report["baselines"]["stopped_early"] = done < n_baselines
+                if len(rows["tpe"]) <= TPE_STARTUP:
+                    report["baselines"]["note"] = (
+                        f"TPE has not left its {TPE_STARTUP} random startup trials: both methods "
+                        "are random search so far (with different seeds)"
+                    )
+                else:
+                    report["baselines"].pop("note", None)
                 report["wall_s"]["baselines"] = time.perf_counter() - start
                 write()
                 print(f"{name}: {len(rows[name])} trials done", flush=True)

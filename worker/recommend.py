@@ -177,7 +177,8 @@ def plan_probes(spec: RecommendationSpec, dataset: Dataset) -> list[PlannedProbe
     plan: list[PlannedProbe] = []
 
     def add(group: int, eta: float, alpha: float, batch: int, wd: float, purpose: str) -> None:
-        steps = max(1, round(probe_epochs * dataset.train_size / batch))
+        # floor: the probes never spend more than budget.probe_fraction allows.
+        steps = max(1, math.floor(probe_epochs * dataset.train_size / batch))
         config = ProbeConfig(eta, alpha, wd, batch, spec.seed * 1000 + len(plan), steps)
         plan.append(
             PlannedProbe(
