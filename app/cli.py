@@ -20,6 +20,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
@@ -236,6 +238,78 @@ def _keys(session: Session, args: argparse.Namespace) -> int:
 # --- recommend, jobs: the HTTP side ----------------------------------------------------------
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/livez", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def embedded_server() -> Iterator[str]:
+    """The API and one worker on the embedded default (SQLite in the data dir), on a free
+    loopback port, for the duration of one command."""
+    import socket
+
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = Settings()
+    check_auth_settings(settings)
+    from worker.main import run_worker  # torch: only when a job has to run here
+
+    engine = make_engine(settings)
+    try:
+        prepare_database(settings, engine)
+    finally:
+        engine.dispose()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    stop = threading.Event()
+    api = threading.Thread(target=server.run, name="edgetune-api", daemon=True)
+    worker = threading.Thread(
+        target=run_worker,
+        kwargs={"settings": settings, "device": None, "stop": stop},
+        name="edgetune-worker",
+    )
+    api.start()
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not api.is_alive() or time.monotonic() > deadline:
+                raise CliError("the embedded server did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop.set()
+        server.should_exit = True
+        worker.join()
+        api.join(timeout=10)
+
+
+@contextmanager
+def reach(url: str | None) -> Iterator[str]:
+    """The server a command talks to: --url or EDGETUNE_URL when given; else the local default
+    when one answers there; else an embedded one started for this command."""
+    given = url or os.environ.get("EDGETUNE_URL")
+    if given:
+        yield given
+    elif _answers(DEFAULT_URL):
+        yield DEFAULT_URL
+    else:
+        err.print(
+            f"no server at {DEFAULT_URL}: running embedded (API + worker on the SQLite default "
+            "in the data dir) for this command"
+        )
+        with embedded_server() as local:
+            yield local
+
+
 def client(url: str) -> httpx.Client:
     headers = {"User-Agent": f"edgetune-cli/{_version()}"}
     api_key = os.environ.get("EDGETUNE_API_KEY")
@@ -393,7 +467,7 @@ def print_recommendation(result: dict[str, Any]) -> None:
 def cmd_recommend(args: argparse.Namespace) -> int:
     spec = load_spec(Path(args.spec))
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
-    with client(args.url) as http:
+    with reach(args.url) as url, client(url) as http:
         job = call(http, "POST", "/v1/recommendations", json=spec, headers=headers)
         if not args.wait:
             if args.json:
@@ -404,7 +478,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                     f"{job['id']}`"
                 )
             return 0
-        err.print(f"job {job['id']} submitted to {args.url}")
+        err.print(f"job {job['id']} submitted to {url}")
         try:
             job = follow(http, job)
         except KeyboardInterrupt:
@@ -433,7 +507,7 @@ def print_job(job: dict[str, Any]) -> None:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    with client(args.url) as http:
+    with reach(args.url) as url, client(url) as http:
         if args.jobs_command == "list":
             params: dict[str, Any] = {"page_size": args.page_size}
             if args.status:
@@ -549,8 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
     url = argparse.ArgumentParser(add_help=False)
     url.add_argument(
         "--url",
-        default=os.environ.get("EDGETUNE_URL", DEFAULT_URL),
-        help="server URL (default EDGETUNE_URL or %(default)s)",
+        default=None,
+        help=f"server URL (default EDGETUNE_URL, else {DEFAULT_URL} when a server answers "
+        "there, else an embedded server for this command)",
     )
     url.add_argument("--json", action="store_true", help="print JSON instead of tables")
 

@@ -182,3 +182,29 @@ def test_cancel_while_waiting_exits_non_zero(
             waiting.wait()
     assert waiting.returncode == 1
     assert f"job {job_id} cancelled" in stderr
+
+
+def test_recommend_runs_embedded_when_no_server_is_given(tmp_path: Path) -> None:
+    """No --url, no EDGETUNE_URL, nothing on the default port: the command runs the API and a
+    worker itself on the embedded SQLite default, and still prints the recommendation."""
+    try:
+        httpx.get("http://127.0.0.1:8000/livez", timeout=1)
+        pytest.skip("a server answers on 127.0.0.1:8000; the embedded path would not be taken")
+    except httpx.HTTPError:
+        pass
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("EDGETUNE_URL", "EDGETUNE_DATABASE_URL")
+    }
+    env["EDGETUNE_DATA_DIR"] = str(tmp_path)
+    result = edgetune(
+        "recommend", str(REPO / "examples" / "digits_small.yaml"), "--wait", "--json", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "running embedded" in result.stderr
+    recommendation = json.loads(result.stdout)
+    assert recommendation["hyperparameters"]["learning_rate"] > 0
+    assert (tmp_path / "edgetune.db").is_file()
+    # The job is kept in the embedded database: `jobs list` (embedded again) shows it.
+    listed = edgetune("jobs", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [job["status"] for job in json.loads(listed.stdout)["jobs"]] == ["succeeded"]
