@@ -153,7 +153,10 @@ def test_cancel_while_waiting_exits_non_zero(
 ) -> None:
     url, env = server
     spec = yaml.safe_load(DIGITS.read_text())
-    spec["budget"] = {"epochs": 200, "probe_fraction": 2.0}  # minutes: still running when cancelled
+    # The probes take seconds; the verification run (200 epochs) takes minutes: the job is still
+    # running when it is cancelled.
+    spec["budget"] = {"epochs": 200, "probe_fraction": 2.0}
+    spec["verify"] = True
     long = tmp_path / "long.yaml"
     long.write_text(yaml.safe_dump(spec))
     waiting = subprocess.Popen(
