@@ -115,10 +115,6 @@ def test_sync_client_runs_a_job_to_its_recommendation(url: str, key: str, worker
         assert isinstance(job, JobOut) and job.status in ("queued", "running")
         # The same key and spec: the same job, not a second one.
         assert client.submit(SMALL_SPEC, idempotency_key="client-sync").id == job.id
-        with pytest.raises(WaitTimeout) as timed_out:
-            client.wait(job.id, timeout=0.2, poll=0.05)
-        assert isinstance(timed_out.value, TimeoutError)
-        assert timed_out.value.job.id == job.id and "keeps running" in str(timed_out.value)
         done = client.wait(job.id, timeout=60, poll=0.1)
         assert done.status == "succeeded" and done.progress.fraction == 1.0
         result = client.recommendation(job.id)
@@ -129,6 +125,16 @@ def test_sync_client_runs_a_job_to_its_recommendation(url: str, key: str, worker
         assert isinstance(probes, ProbeList) and len(probes.probes) == done.progress.probes_done
         assert probes.probes[0].records[0]["epoch"] == 0.0
         assert job.id in [j.id for j in client.jobs(status="succeeded")]
+        # A job that cannot finish in 0.2 s (its verification trains 200 epochs): wait gives up
+        # with WaitTimeout, and the job keeps running until cancelled.
+        slow = client.submit(
+            {**SMALL_SPEC, "verify": True, "budget": {"epochs": 200, "probe_fraction": 1.0}}
+        )
+        with pytest.raises(WaitTimeout) as timed_out:
+            client.wait(slow.id, timeout=0.2, poll=0.05)
+        assert isinstance(timed_out.value, TimeoutError)
+        assert timed_out.value.job.id == slow.id and "keeps running" in str(timed_out.value)
+        client.cancel(slow.id)
 
 
 def test_async_client_recommend_and_paging(url: str, key: str, worker: None) -> None:
