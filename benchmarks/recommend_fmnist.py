@@ -60,6 +60,13 @@ BATCH_SIZES = (16, 32, 64, 128, 256)
 FULL_TRIALS = 40  # baseline trials per method at full scale (the GPU default)
 TPE_STARTUP = 10  # optuna's default n_startup_trials: TPE samples at random until then
 EVAL_CHUNK = 1000
+# Sampler seeds: TPE's first 10 trials come from its own random sampler, which with the seed of
+# the random search would repeat its trials exactly. Trial seeds are offset per method.
+SAMPLERS = {
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed + 1),
+}
+TRIAL_SEED_BASE = {"tpe": 10_000, "random": 20_000}
 
 
 def cpu_model() -> str:
@@ -311,7 +318,11 @@ def best_curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return curve
 
 
-def summarise(rows: list[dict[str, Any]], edgetune: dict[str, Any] | None) -> dict[str, Any]:
+def summarise(
+    rows: list[dict[str, Any]],
+    edgetune: dict[str, Any] | None,
+    edgetune_val: float | None = None,
+) -> dict[str, Any]:
     curve = best_curve(rows)
     if not curve:
         return {"trials": 0, "curve": []}
@@ -333,6 +344,14 @@ def summarise(rows: list[dict[str, Any]], edgetune: dict[str, Any] | None) -> di
         out["ratio_probe_compute_vs_edgetune"] = reach["compute_full_runs"] / probe
         # edgetune's recommendation still has to be trained once: the fairer total.
         out["ratio_vs_edgetune_probes_plus_one_run"] = reach["compute_full_runs"] / (probe + 1.0)
+    if edgetune_val is not None:
+        # The other reading of the goal: what the search spent before its best-so-far first
+        # matched the validation accuracy of edgetune's recommendation (None: it never did).
+        match = next((c for c in curve if c["best_val_accuracy"] >= edgetune_val), None)
+        out["edgetune_val_accuracy"] = edgetune_val
+        near = edgetune_val >= final["best_val_accuracy"] - WITHIN
+        out["edgetune_within_0.5_points_of_best"] = near
+        out["compute_to_match_edgetune_val_accuracy"] = match and match["compute_full_runs"]
     return out
 
 
@@ -389,7 +408,7 @@ def print_summary(report: dict[str, Any]) -> None:
                 f"{et['probe_compute_full_runs']:>9.3f} {'1':>7}"
             )
         for name in ("tpe", "random"):
-            s = base[name]
+            s = base.get(name, {"trials": 0})
             if not s["trials"]:
                 continue
             ratio = s.get("ratio_probe_compute_vs_edgetune")
@@ -423,7 +442,24 @@ def main() -> None:
         default=os.environ.get("EDGETUNE_DATA_ROOT", str(REPO.parent / "shared/datasets")),
     )
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--methods", default="tpe,random", help="baselines to run, comma-separated (tpe, random)"
+    )
+    parser.add_argument(
+        "--edgetune-from",
+        default=None,
+        help="reuse the edgetune and verification parts of an earlier run's JSON (same mode)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        help="combine the baselines of these JSONs (runs split by --methods) into --out",
+    )
     args = parser.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods or set(methods) - set(SAMPLERS):
+        parser.error(f"--methods: choose from {', '.join(SAMPLERS)}")
     mode = args.mode or ("gpu" if torch.cuda.is_available() else "cpu")
     if mode == "gpu" and not torch.cuda.is_available():
         parser.error("--mode gpu needs CUDA")
@@ -436,6 +472,9 @@ def main() -> None:
     round_size = args.round_size or (8 if mode == "gpu" else 3)
     out = Path(args.out or REPO / f"benchmarks/results/recommend_fmnist_{mode}.json")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.merge:
+        merge(args.merge, out)
+        return
 
     waited = wait_for_load(args.wait_load) if args.wait_load else 0.0
     spec = RecommendationSpec(
@@ -475,52 +514,58 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
 
-    start = time.perf_counter()
-    et = part_edgetune(spec, dataset, device)
-    report["edgetune"] = et
-    report["wall_s"]["edgetune"] = time.perf_counter() - start
-    print(f"edgetune: {json.dumps(et['recommendation']['hyperparameters'])}", flush=True)
-    write()
-
-    hyper = et["recommendation"]["hyperparameters"]
-    if hyper is not None:
-        start = time.perf_counter()
-        ver = part_verify(spec, dataset, hyper, args.seeds, device)
-        report["verification"] = ver
-        report["wall_s"]["verification"] = time.perf_counter() - start
-        report["acceptance"] = {
-            "mean_test_accuracy": ver["test_accuracy_mean"],
-            "probe_compute_full_runs": et["probe_compute_full_runs"],
-            "pass": ver["test_accuracy_mean"] >= TARGET_ACCURACY
-            and et["probe_compute_full_runs"] <= TARGET_PROBE_COMPUTE,
+    if args.edgetune_from:
+        earlier = json.loads(Path(args.edgetune_from).read_text())
+        if earlier.get("mode") != mode or earlier.get("spec") != report["spec"]:
+            parser.error("--edgetune-from: that run has another mode or spec")
+        for key in ("edgetune", "verification", "acceptance"):
+            if key in earlier:
+                report[key] = earlier[key]
+        for key in ("edgetune", "verification"):
+            if key in earlier.get("wall_s", {}):
+                report["wall_s"][key] = earlier["wall_s"][key]
+        report["edgetune_from"] = {
+            "file": args.edgetune_from,
+            "command": earlier.get("command"),
+            "started_at": earlier.get("started_at"),
+            "machine": earlier.get("machine"),
         }
+        et = report["edgetune"]
+        print_summary(report)
     else:
-        report["acceptance"] = {"pass": False, "reason": "no recommendation"}
-    print_summary(report)
-    write()
+        start = time.perf_counter()
+        et = part_edgetune(spec, dataset, device)
+        report["edgetune"] = et
+        report["wall_s"]["edgetune"] = time.perf_counter() - start
+        print(f"edgetune: {json.dumps(et['recommendation']['hyperparameters'])}", flush=True)
+        write()
+
+        hyper = et["recommendation"]["hyperparameters"]
+        if hyper is not None:
+            start = time.perf_counter()
+            ver = part_verify(spec, dataset, hyper, args.seeds, device)
+            report["verification"] = ver
+            report["wall_s"]["verification"] = time.perf_counter() - start
+            report["acceptance"] = {
+                "mean_test_accuracy": ver["test_accuracy_mean"],
+                "probe_compute_full_runs": et["probe_compute_full_runs"],
+                "pass": ver["test_accuracy_mean"] >= TARGET_ACCURACY
+                and et["probe_compute_full_runs"] <= TARGET_PROBE_COMPUTE,
+            }
+        else:
+            report["acceptance"] = {"pass": False, "reason": "no recommendation"}
+        print_summary(report)
+        write()
 
     if not args.skip_baselines and n_baselines > 0:
         start = time.perf_counter()
         studies = {
-            "tpe": optuna.create_study(
-                direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed)
-            ),
-            "random": optuna.create_study(
-                direction="maximize", sampler=optuna.samplers.RandomSampler(seed=args.seed + 1)
-            ),
+            name: optuna.create_study(direction="maximize", sampler=SAMPLERS[name](args.seed))
+            for name in methods
         }
         rows: dict[str, list[dict[str, Any]]] = {name: [] for name in studies}
-        report["baselines"] = {
-            "requested_trials_per_method": n_baselines,
-            "round_size": round_size,
-            "search_space": "η log-uniform [1e-3, 0.2]; α uniform [0, 0.95]; B ∈ "
-            "{16, 32, 64, 128, 256}; weight_decay 0 with probability 1/2 (categorical 'decay'), "
-            "else log-uniform [1e-6, 1e-2]",
-            "objective": f"validation accuracy ({int(dataset.x_val.shape[0])} examples) after "
-            f"{args.epochs:g} epochs; diverged trials score chance level",
-            "samplers": f"TPESampler(seed={args.seed}) (default n_startup_trials = 10: random "
-            f"until then), RandomSampler(seed={args.seed + 1})",
-        }
+        report["baselines"] = baseline_header(args.seed, args.epochs, int(dataset.x_val.shape[0]))
+        report["baselines"].update(requested_trials_per_method=n_baselines, round_size=round_size)
         # Rounds alternate between the methods so that a run stopped early leaves both measured
         # to about the same number of trials.
         while min(len(r) for r in rows.values()) < n_baselines:
@@ -528,32 +573,95 @@ def main() -> None:
                 size = min(round_size, n_baselines - len(rows[name]))
                 if size <= 0:
                     continue
-                seed_base = 10_000 if name == "tpe" else 20_000
+                seed_base = TRIAL_SEED_BASE[name]
                 rows[name] += run_round(study, size, spec, dataset, device, seed_base)
-                for method in studies:
-                    report["baselines"][method] = {
-                        **summarise(rows[method], et),
-                        "all_trials": rows[method],
-                    }
-                done = min(len(r) for r in rows.values())
-                # Partial: fewer trials than the full benchmark's 40 per method (the GPU default),
-                # whether by request (small CPU runs) or because the run was stopped.
-                report["baselines"]["trials_done_per_method"] = done
-                report["baselines"]["partial"] = done < FULL_TRIALS
-                report["baselines"]["stopped_early"] = done < n_baselines
-                if len(rows["tpe"]) <= TPE_STARTUP:
-                    report["baselines"]["note"] = (
-                        f"TPE has not left its {TPE_STARTUP} random startup trials: both methods "
-                        "are random search so far (with different seeds)"
-                    )
-                else:
-                    report["baselines"].pop("note", None)
+                label_baselines(report, rows)
                 report["wall_s"]["baselines"] = time.perf_counter() - start
                 write()
                 print(f"{name}: {len(rows[name])} trials done", flush=True)
         print_summary(report)
     report["complete"] = True
     write()
+    print(f"wrote {out}")
+
+
+def baseline_header(seed: int, epochs: float, val_examples: int) -> dict[str, Any]:
+    return {
+        "search_space": "η log-uniform [1e-3, 0.2]; α uniform [0, 0.95]; B ∈ "
+        "{16, 32, 64, 128, 256}; weight_decay 0 with probability 1/2 (categorical 'decay'), "
+        "else log-uniform [1e-6, 1e-2]",
+        "objective": f"validation accuracy ({val_examples} examples) after "
+        f"{epochs:g} epochs; diverged trials score chance level",
+        "samplers": f"TPESampler(seed={seed}) (default n_startup_trials = 10: random "
+        f"until then), RandomSampler(seed={seed + 1})",
+    }
+
+
+def label_baselines(report: dict[str, Any], rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Summaries per method against edgetune, and labels saying how complete they are."""
+    et = report.get("edgetune")
+    ver = report.get("verification")
+    base = report["baselines"]
+    for method, method_rows in rows.items():
+        base[method] = {
+            **summarise(method_rows, et, ver and ver["val_accuracy_mean"]),
+            "all_trials": method_rows,
+        }
+    done = min(len(r) for r in rows.values())
+    # Partial: fewer trials than the full benchmark's 40 per method (the GPU default), whether
+    # by request (small CPU runs) or because the run was stopped.
+    base["trials_done_per_method"] = done
+    base["partial"] = done < FULL_TRIALS
+    base["stopped_early"] = done < base.get("requested_trials_per_method", done)
+    if "tpe" in rows and len(rows["tpe"]) <= TPE_STARTUP:
+        base["note"] = (
+            f"TPE has not left its {TPE_STARTUP} random startup trials: it is random search so "
+            "far (with another seed)"
+        )
+    else:
+        base.pop("note", None)
+
+
+def merge(paths: list[str], out: Path) -> None:
+    """One report from runs that split the baselines between them (--methods)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    first = runs[0]
+    if any(r["mode"] != first["mode"] or r["spec"] != first["spec"] for r in runs):
+        raise SystemExit("--merge: the runs differ in mode or spec")
+    report = {k: v for k, v in first.items() if k != "baselines"}
+    report["command"] = "benchmarks/recommend_fmnist.py " + " ".join(sys.argv[1:])
+    report["merged_from"] = [
+        {
+            "file": p,
+            "command": r["command"],
+            "started_at": r["started_at"],
+            "machine": r["machine"],
+            "wall_s": r["wall_s"],
+            "complete": r["complete"],
+            "methods": [m for m in SAMPLERS if m in r.get("baselines", {})],
+            "requested_trials_per_method": r.get("baselines", {}).get(
+                "requested_trials_per_method"
+            ),
+            "round_size": r.get("baselines", {}).get("round_size"),
+        }
+        for p, r in zip(paths, runs, strict=True)
+    ]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    header: dict[str, Any] = {}
+    for r in runs:
+        for method in SAMPLERS:
+            if method in r.get("baselines", {}):
+                if method in rows:
+                    raise SystemExit(f"--merge: {method} is in more than one run")
+                rows[method] = r["baselines"][method]["all_trials"]
+                header = {k: r["baselines"][k] for k in ("search_space", "objective", "samplers")}
+    if not rows:
+        raise SystemExit("--merge: no baselines in these runs")
+    report["baselines"] = header
+    label_baselines(report, rows)
+    report["complete"] = all(r["complete"] for r in runs)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print_summary(report)
     print(f"wrote {out}")
 
 
