@@ -174,15 +174,17 @@ def webhook_secret(session: Session, *, tenant: str, rotate: bool = False) -> st
 
 
 def tenant_for_key(session: Session, key: str, *, now: datetime | None = None) -> str | None:
-    """The tenant of an active key, None for an unknown or revoked one; notes when it was used."""
+    """The tenant of an active key, None for an unknown or revoked one; notes when it was used.
+
+    Leaves the transaction open: the request's own query runs in it, and its commit (or the
+    caller's) saves the note. One transaction per request is two round trips fewer than two.
+    """
     now = now or utcnow()
     row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one_or_none()
     if row is None or row.revoked_at is not None:
-        session.commit()
         return None
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-    session.commit()
     return row.tenant
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
@@ -60,6 +61,36 @@ class Database:
 
         return await anyio.to_thread.run_sync(call, limiter=self.limiter)
 
+    async def run_as(self, caller: Caller, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """`fn(session, tenant=..., **kwargs)` for the caller's tenant, checking its API key in
+        the same session: one thread hop and one pooled connection per request, not two."""
+
+        def call() -> T:
+            with self.sessions() as session:
+                result = fn(session, tenant=caller.resolve(session), **kwargs)
+                # Most service functions commit; this ends the transaction where one did not.
+                session.commit()
+                return result
+
+        return await anyio.to_thread.run_sync(call, limiter=self.limiter)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: a tenant known without the database (auth off on loopback), or an
+    API key still to be checked by the endpoint's database call (`Database.run_as`)."""
+
+    tenant: str | None = None
+    key: str | None = None
+
+    def resolve(self, session: Session) -> str:
+        if self.tenant is not None:
+            return self.tenant
+        tenant = auth.tenant_for_key(session, self.key or "")
+        if tenant is None:
+            raise auth.unauthorized(f"the {auth.HEADER} is not a valid, unrevoked key")
+        return tenant
+
 
 async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
@@ -71,13 +102,15 @@ async def get_database(request: Request) -> Database:
     return database
 
 
-# Declares the apiKey security scheme in the OpenAPI document; get_tenant does the checking
-# (auto_error=False: a missing key is our 401 problem, not FastAPI's 403).
+# Declares the apiKey security scheme in the OpenAPI document; get_caller and Caller.resolve do
+# the checking (auto_error=False: a missing key is our 401 problem, not FastAPI's 403).
 api_key_header = APIKeyHeader(name=auth.HEADER, auto_error=False, scheme_name="ApiKey")
 
 
-async def get_tenant(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> str:
-    """The tenant of the request's X-API-Key: every job read and write is scoped by it."""
+async def get_caller(
+    request: Request, key: Annotated[str | None, Security(api_key_header)]
+) -> Caller:
+    """Who is asking: every job read and write is scoped by the tenant of the X-API-Key."""
     settings: Settings = request.app.state.settings
     if settings.auth == "disabled":
         # Off only for this machine: behind `uvicorn --host 0.0.0.0` or a published container
@@ -87,14 +120,25 @@ async def get_tenant(request: Request, key: Annotated[str | None, Security(api_k
                 "auth is off on this server for requests from this machine only; run it with "
                 "EDGETUNE_HOST set to the address it serves on, and send an API key"
             )
-        return auth.DEFAULT_TENANT
+        return Caller(tenant=auth.DEFAULT_TENANT)
     if not key:
         raise auth.unauthorized(f"send an API key in the {auth.HEADER} header")
+    return Caller(key=key)
+
+
+async def get_tenant(request: Request, caller: Annotated[Caller, Depends(get_caller)]) -> str:
+    """The caller's tenant, checked now: for endpoints that must refuse a bad key before they
+    read the body."""
+    if caller.tenant is not None:
+        return caller.tenant
     database: Database = request.app.state.database
-    tenant = await database.run(auth.tenant_for_key, key)
-    if tenant is None:
-        raise auth.unauthorized(f"the {auth.HEADER} is not a valid, unrevoked key")
-    return tenant
+
+    def resolve(session: Session) -> str:
+        tenant = caller.resolve(session)
+        session.commit()
+        return tenant
+
+    return await database.run(resolve)
 
 
 def _reject_constant(name: str) -> Any:
@@ -149,6 +193,7 @@ async def get_spec(request: Request) -> RecommendationSpec:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 SpecDep = Annotated[RecommendationSpec, Depends(get_spec)]
 
 PROBLEM = {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
@@ -209,20 +254,20 @@ async def create_recommendation(
 @router.get("/v1/jobs", response_model=JobPage, responses={400: PROBLEM}, tags=["jobs"])
 async def list_jobs(
     db: DatabaseDep,
-    tenant: TenantDep,
+    caller: CallerDep,
     status: JobStatus | None = None,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobPage:
     """Jobs, newest first; pass `next_page_token` back as `page_token` for the next page."""
-    return await db.run(
-        service.list_jobs, tenant=tenant, status=status, page_size=page_size, page_token=page_token
+    return await db.run_as(
+        caller, service.list_jobs, status=status, page_size=page_size, page_token=page_token
     )
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses={404: PROBLEM}, tags=["jobs"])
-async def get_job(job_id: str, db: DatabaseDep, tenant: TenantDep) -> JobOut:
-    return await db.run(service.get_job, job_id=job_id, tenant=tenant)
+async def get_job(job_id: str, db: DatabaseDep, caller: CallerDep) -> JobOut:
+    return await db.run_as(caller, service.get_job, job_id=job_id)
 
 
 @router.post(
@@ -231,9 +276,9 @@ async def get_job(job_id: str, db: DatabaseDep, tenant: TenantDep) -> JobOut:
     responses={404: PROBLEM, 409: PROBLEM},
     tags=["jobs"],
 )
-async def cancel_job(job_id: str, db: DatabaseDep, tenant: TenantDep) -> JobOut:
+async def cancel_job(job_id: str, db: DatabaseDep, caller: CallerDep) -> JobOut:
     """A queued job is cancelled at once; a running one stops at its next measurement."""
-    return await db.run(service.cancel_job, job_id=job_id, tenant=tenant)
+    return await db.run_as(caller, service.cancel_job, job_id=job_id)
 
 
 @router.get(
@@ -242,17 +287,17 @@ async def cancel_job(job_id: str, db: DatabaseDep, tenant: TenantDep) -> JobOut:
     responses={404: PROBLEM, 409: PROBLEM},
     tags=["jobs"],
 )
-async def get_recommendation(job_id: str, db: DatabaseDep, tenant: TenantDep) -> dict[str, Any]:
+async def get_recommendation(job_id: str, db: DatabaseDep, caller: CallerDep) -> dict[str, Any]:
     """The recommendation JSON; 409 until the job has succeeded."""
-    return await db.run(service.get_recommendation, job_id=job_id, tenant=tenant)
+    return await db.run_as(caller, service.get_recommendation, job_id=job_id)
 
 
 @router.get(
     "/v1/jobs/{job_id}/probes", response_model=ProbeList, responses={404: PROBLEM}, tags=["jobs"]
 )
-async def get_probes(job_id: str, db: DatabaseDep, tenant: TenantDep) -> ProbeList:
+async def get_probes(job_id: str, db: DatabaseDep, caller: CallerDep) -> ProbeList:
     """Each finished probe's config, outcome and measured time series."""
-    return await db.run(service.get_probes, job_id=job_id, tenant=tenant)
+    return await db.run_as(caller, service.get_probes, job_id=job_id)
 
 
 @router.get(
@@ -270,14 +315,14 @@ async def get_plot(
     job_id: str,
     name: str,
     db: DatabaseDep,
-    tenant: TenantDep,
+    caller: CallerDep,
     format: Annotated[str | None, Query(description="png (default) or svg")] = None,
 ) -> Response:
     """A plot of the job: `order`, `collapse`, `growth` or `trajectory` (also `order.svg`, ...);
     409 until the job has the probes (order, collapse) or the recommendation (growth,
     trajectory) it needs."""
     plot, chosen = plots.parse_name(name, format)
-    data = await db.run(plots.load, job_id=job_id, tenant=tenant)
+    data = await db.run_as(caller, plots.load, job_id=job_id)
     try:
         # Rendering is CPU work (a few hundred ms): off the event loop, outside the DB limiter.
         body = await anyio.to_thread.run_sync(plots.render, plot, data, chosen)

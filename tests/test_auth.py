@@ -75,6 +75,9 @@ def test_missing_invalid_and_revoked_keys_are_401(db_settings: Settings) -> None
 
         engine = make_engine(db_settings)
         with session_factory(engine)() as session:
+            # The key is checked in the request's own transaction; its use is saved with it.
+            [used] = list_keys(session, tenant="acme")
+            assert used.last_used_at is not None
             revoked = revoke_key(session, key[:12])
             assert revoked.revoked_at is not None
         engine.dispose()
