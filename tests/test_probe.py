@@ -2,6 +2,8 @@
 
 import json
 import os
+import platform
+import resource
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from worker.probe import (
     ProbeResult,
     default_intervals,
     init_model,
+    keep_freed_memory_on_heap,
     run_population,
     train_sequential,
 )
@@ -257,3 +260,20 @@ def test_default_intervals_on_fashion_mnist():
     assert measure_every == 86 and eval_every == 860
     # A tiny dataset: the floors keep measurement cheap relative to training.
     assert default_intervals(1318, 16) == (128, 1024)
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
+)
+def test_freed_population_sized_tensors_stay_on_the_heap() -> None:
+    # What a CPU population does every step: allocate, fill and free tensors of tens of MB.
+    # Unmapped on free (glibc's default), each one page-faults all of its pages back in.
+    def faults_for_ten_tensors() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(10):
+            torch.ones(16 * 1024 * 1024)  # 64 MiB, 16k pages of 4 KiB
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    assert keep_freed_memory_on_heap() and keep_freed_memory_on_heap()
+    faults_for_ten_tensors()  # the heap grows once
+    assert faults_for_ten_tensors() < 16 * 1024  # not 10 × 16k: the pages are reused
