@@ -277,3 +277,21 @@ def test_freed_population_sized_tensors_stay_on_the_heap() -> None:
     assert keep_freed_memory_on_heap() and keep_freed_memory_on_heap()
     faults_for_ten_tensors()  # the heap grows once
     assert faults_for_ten_tensors() < 16 * 1024  # not 10 × 16k: the pages are reused
+
+
+def test_validation_uses_the_requested_number_of_examples(digits: Dataset) -> None:
+    config = ProbeConfig(0.05, 0.9, 0.0, 32, 0, 10)
+    for n in (7, 10_000):
+        [result] = run_population(
+            MLPSpec(hidden=[16]),
+            digits,
+            [config],
+            device=CPU,
+            measure_every=5,
+            eval_every=5,
+            val_examples=n,
+        )
+        used = min(n, int(digits.x_val.shape[0]))
+        accuracies = [r.val_accuracy for r in result.records if r.val_accuracy is not None]
+        assert accuracies and all(abs(a * used - round(a * used)) < 1e-4 for a in accuracies)
+    assert used > 7  # digits has more validation examples than 7: the cap did something

@@ -416,6 +416,7 @@ def run_population(
     on_progress: Callable[[ProbeProgress], bool] | None = None,
     stop_when: Callable[[int, list[ProbeRecord]], bool] | None = None,
     keep_params: bool = False,
+    val_examples: int = VAL_MAX_EXAMPLES,
 ) -> list[ProbeResult]:
     """Train `configs` together as one population and return one result per config, in order.
 
@@ -427,7 +428,8 @@ def run_population(
     `on_progress` is called after every measurement; returning False cancels the run at once
     (unfinished members end "cancelled"). `stop_when(member, records)` is asked at every
     measurement and freezes the member as "stopped" when it returns True. With `keep_params`,
-    each result carries its member's final parameters (on the CPU).
+    each result carries its member's final parameters (on the CPU). Validation uses the first
+    `val_examples` validation examples (all of them where there are fewer).
     """
     if not configs:
         raise ValueError("a population needs at least one config")
@@ -469,7 +471,7 @@ def run_population(
             random_unit_vectors(APJN_VECTORS, h.shape[0], tuple(h.shape[1:]), fixed, device)
             for h in preacts
         ]
-    n_val = min(VAL_MAX_EXAMPLES, int(data.x_val.shape[0]))
+    n_val = min(val_examples, int(data.x_val.shape[0]))
     x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
 
     params, buffers = stack_module_state(models)
