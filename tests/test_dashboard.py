@@ -14,11 +14,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.config import Settings
 from app.db import upgrade
-from tests.test_api import api_key, live_server
+from tests.test_api import SMALL_SPEC, api_key, live_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -204,3 +205,30 @@ def test_embedded_loopback_default_needs_no_key(browser, tmp_path: Path) -> None
         browser.get(url + "/")
         wait_for(browser, lambda d: visible(d, "#jobs-empty"), "the job list did not show")
         assert not visible(browser, "#key-panel")
+
+
+def test_the_list_pages_back_to_older_jobs(browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    settings = Settings(data_dir=tmp_path)  # no worker: the jobs stay queued
+    with live_server(settings) as url, httpx.Client(base_url=url) as http:
+        ids = [
+            http.post("/v1/recommendations", json={**SMALL_SPEC, "seed": i}).json()["id"]
+            for i in range(53)
+        ]
+        browser.execute_script("localStorage.clear()")
+        browser.get(url + "/")
+
+        def shown(d) -> list[str]:
+            return d.execute_script(
+                "return [...document.querySelectorAll('#jobs tbody tr')].map(r => r.dataset.id)"
+            )
+
+        wait_for(browser, lambda d: len(shown(d)) == 50, "the first 50 jobs did not show")
+        assert set(shown(browser)) == set(ids[3:])  # the newest 50
+        assert visible(browser, "#jobs-more")
+        browser.find_element(By.ID, "jobs-more").click()
+        wait_for(browser, lambda d: len(shown(d)) == 53, "the older jobs did not show")
+        assert set(shown(browser)) == set(ids)
+        assert not visible(browser, "#jobs-more")
+        assert browser.find_element(By.ID, "jobs-count").text == "53 jobs shown"

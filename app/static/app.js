@@ -117,11 +117,23 @@ function navigate(path) {
 
 // --- the job list ------------------------------------------------------------------------
 
+// The list shows this many pages of LIST_PAGE_SIZE jobs, newest first; "older jobs" adds one.
+const LIST_PAGE_SIZE = 50;
+let listPages = 1;
+
 async function refreshList() {
-  const page = await (await api("/v1/jobs?page_size=50")).json();
+  const jobs = [];
+  let token = null;
+  for (let i = 0; i < listPages; i++) {
+    const query = token ? `&page_token=${encodeURIComponent(token)}` : "";
+    const page = await (await api(`/v1/jobs?page_size=${LIST_PAGE_SIZE}${query}`)).json();
+    jobs.push(...page.jobs);
+    token = page.next_page_token;
+    if (!token) break;
+  }
   const body = $("#jobs tbody");
   body.replaceChildren();
-  for (const job of page.jobs) {
+  for (const job of jobs) {
     const row = el("tr");
     row.dataset.id = job.id;
     row.dataset.status = job.status;
@@ -150,7 +162,9 @@ async function refreshList() {
     }
     body.append(row);
   }
-  $("#jobs-empty").hidden = page.jobs.length > 0;
+  $("#jobs-empty").hidden = jobs.length > 0;
+  $("#jobs-count").textContent = jobs.length ? `${jobs.length} jobs shown` : "";
+  $("#jobs-more").hidden = !token;
 }
 
 async function submitSpec(event) {
@@ -359,6 +373,10 @@ function init() {
   });
   window.addEventListener("popstate", route);
   $("#submit-form").addEventListener("submit", submitSpec);
+  $("#jobs-more").addEventListener("click", async () => {
+    listPages += 1;
+    await refreshList();
+  });
   $("#key-form").addEventListener("submit", (event) => {
     event.preventDefault();
     localStorage.setItem(KEY_STORAGE, $("#key-input").value.trim());
