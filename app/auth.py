@@ -177,7 +177,7 @@ def tenant_for_key(session: Session, key: str, *, now: datetime | None = None) -
     """The tenant of an active key, None for an unknown or revoked one; notes when it was used.
 
     Leaves the transaction open: the request's own query runs in it, and its commit (or the
-    caller's) saves the note. One transaction per request is two round trips fewer than two.
+    caller's) saves the note; one transaction per request, not two, saves a BEGIN and a COMMIT.
     """
     now = now or utcnow()
     row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one_or_none()
