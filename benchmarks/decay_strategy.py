@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -23,17 +22,10 @@ import torch
 
 from app.schemas import RecommendationSpec
 from worker.data import load_dataset
-from worker.probe import ProbeConfig, init_model, pick_device, run_population
+from worker.probe import ProbeConfig, cpu_model, init_model, pick_device, run_population
 from worker.recommend import order_series
 
 CONFIGS = [(0.01, 0.9, 0.0), (0.038, 0.9, 1e-4), (0.02, 0.9, 5e-5)]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:

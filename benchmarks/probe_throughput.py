@@ -38,6 +38,7 @@ from app.schemas import DatasetSpec, MLPSpec
 from worker.data import Dataset, load_dataset
 from worker.probe import (
     ProbeConfig,
+    cpu_model,
     default_intervals,
     pick_device,
     run_population,
@@ -113,16 +114,6 @@ def time_sequential(data: Dataset, configs: list[ProbeConfig], device: torch.dev
 
 def best(runs: list[Timing]) -> Timing:
     return Timing(min(r.wall for r in runs), min(r.cpu for r in runs))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine(device: torch.device) -> dict[str, Any]:

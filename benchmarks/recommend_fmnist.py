@@ -43,7 +43,7 @@ import torch
 
 from app.schemas import BudgetSpec, DatasetSpec, MLPSpec, ModelSpec, RecommendationSpec
 from worker.data import Dataset, load_dataset
-from worker.probe import ProbeConfig, ProbeResult, init_model, run_population
+from worker.probe import ProbeConfig, ProbeResult, cpu_model, init_model, run_population
 from worker.recommend import order_series, plan_probes, recommend, run_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,13 +67,6 @@ SAMPLERS = {
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed + 1),
 }
 TRIAL_SEED_BASE = {"tpe": 10_000, "random": 20_000}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def wait_for_load(limit: float, poll_s: float = 60.0) -> float:

@@ -51,7 +51,14 @@ import torch
 from app.schemas import DatasetSpec, MLPSpec
 from worker import fit
 from worker.data import Dataset, load_dataset
-from worker.probe import ProbeConfig, ProbeProgress, ProbeRecord, ProbeResult, run_population
+from worker.probe import (
+    ProbeConfig,
+    ProbeProgress,
+    ProbeRecord,
+    ProbeResult,
+    cpu_model,
+    run_population,
+)
 from worker.recommend import order_series
 
 REPO = Path(__file__).resolve().parents[1]
@@ -722,16 +729,6 @@ def plot(series: list[Series], analysis: dict[str, Any], prefix: Path) -> list[P
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def series_json(s: Series) -> dict[str, Any]:

@@ -17,7 +17,9 @@ from worker.probe import (
     ProbeProgress,
     ProbeRecord,
     ProbeResult,
+    cpu_model,
     default_intervals,
+    device_name,
     init_model,
     keep_freed_memory_on_heap,
     run_population,
@@ -295,3 +297,9 @@ def test_validation_uses_the_requested_number_of_examples(digits: Dataset) -> No
         accuracies = [r.val_accuracy for r in result.records if r.val_accuracy is not None]
         assert accuracies and all(abs(a * used - round(a * used)) < 1e-4 for a in accuracies)
     assert used > 7  # digits has more validation examples than 7: the cap did something
+
+
+def test_device_name_says_what_runs_the_probes() -> None:
+    name = device_name(CPU)
+    assert name.endswith(f", {os.cpu_count()} cores") and name.startswith(cpu_model())
+    assert cpu_model() not in ("", "unknown")  # Linux: from /proc/cpuinfo

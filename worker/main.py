@@ -40,7 +40,7 @@ from app.schemas import RecommendationSpec
 from worker import recommend
 from worker.data import load_dataset
 from worker.nets import SpecError
-from worker.probe import ProbeProgress, ProbeResult, pick_device
+from worker.probe import ProbeProgress, ProbeResult, device_name, pick_device
 
 logger = logging.getLogger("edgetune.worker")
 
@@ -308,7 +308,13 @@ def run_worker(
     try:
         prepare_database(settings, engine)
         sessions = session_factory(engine)
-        logger.info("worker %s on %s, polling %s", worker_id, torch_device, engine.url.database)
+        logger.info(
+            "worker %s on %s (%s), polling %s",
+            worker_id,
+            torch_device,
+            device_name(torch_device),
+            engine.url.database,
+        )
         while not stop.is_set():
             try:
                 with sessions() as session:
