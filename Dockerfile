@@ -14,20 +14,22 @@ WORKDIR /srv/edgetune
 # Packaging metadata and empty packages only: the dependency layers below are rebuilt when
 # pyproject.toml changes, not on every code change (torch alone is gigabytes).
 COPY pyproject.toml README.md ./
-RUN mkdir app worker edgetune \
-    && touch app/__init__.py worker/__init__.py edgetune/__init__.py \
+RUN mkdir -p app/static migrations/versions worker edgetune edgetune_cli \
+    && touch app/__init__.py worker/__init__.py edgetune/__init__.py edgetune_cli/__init__.py \
     && mkdir .edgetune && chown edgetune .edgetune
 
 # The API: the package without its `worker` extra, so no torch in this image. It also runs the
 # one-shot migration (`edgetune db upgrade`) in docker-compose.yml.
 FROM base AS api
-# Editable, so Alembic finds alembic.ini and migrations/ beside app/, as in a checkout.
+# Editable, so the code copied below is what runs; migrations/ sits beside app/ as in a checkout
+# (alembic.ini too, for `alembic` from a shell).
 RUN pip install -e .
 COPY alembic.ini ./
 COPY migrations ./migrations
 COPY app ./app
 COPY worker ./worker
 COPY edgetune ./edgetune
+COPY edgetune_cli ./edgetune_cli
 # Listening beyond loopback: API keys are required (auth may be off only on loopback).
 ENV EDGETUNE_HOST=0.0.0.0
 USER edgetune
@@ -46,5 +48,6 @@ COPY migrations ./migrations
 COPY app ./app
 COPY worker ./worker
 COPY edgetune ./edgetune
+COPY edgetune_cli ./edgetune_cli
 USER edgetune
 CMD ["edgetune", "worker"]

@@ -23,7 +23,8 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy app worker edgetune
+	$(BIN)/mypy app worker edgetune edgetune_cli
+	$(BIN)/lint-imports
 
 demo: install
 	bash scripts/demo.sh

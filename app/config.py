@@ -48,7 +48,6 @@ class Settings(BaseSettings):
 
     # Queue: a running job whose lease is not renewed for lease_seconds goes back to the queue.
     lease_seconds: float = 60.0
-    heartbeat_seconds: float = 10.0
     max_attempts: int = 3
     poll_seconds: float = 1.0
 

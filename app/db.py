@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import REPO_ROOT, Settings
 
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
 
@@ -66,10 +65,20 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def migrations_dir() -> Path:
+    """The Alembic scripts. A wheel ships them inside this package (app/migrations, mapped in
+    pyproject.toml); a source checkout keeps them at the top level, beside alembic.ini, so that
+    `alembic upgrade head` from the shell works too."""
+    packaged = Path(__file__).with_name("migrations")
+    return packaged if packaged.is_dir() else REPO_ROOT / "migrations"
+
+
 def alembic_config() -> Config:
-    """Alembic's configuration, built in code so it works wherever the package is imported from."""
-    cfg = Config(str(REPO_ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    """Alembic's configuration, built in code (no alembic.ini): it works wherever the package is
+    installed."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("path_separator", "os")
     return cfg
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.pool import QueuePool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import auth, metrics, routes
+from app import auth, deps, metrics, routes
 from app.config import Settings
 from app.db import make_engine, prepare_database, session_factory
 from app.errors import PROBLEM_MEDIA_TYPE, ProblemError
@@ -197,7 +197,7 @@ def create_app(settings: Settings) -> FastAPI:
             prepare_database(settings, engine)
             # As many request threads as pooled connections (SQLAlchemy's default pool: 5).
             threads = engine.pool.size() if isinstance(engine.pool, QueuePool) else 1
-            app.state.database = routes.Database(session_factory(engine), threads)
+            app.state.database = deps.Database(session_factory(engine), threads)
             # Everything built so far (modules, the app, its schemas) lives as long as the
             # process: frozen out of the collector, a full collection no longer walks it, which
             # under load showed as pauses of every request for 100-200 ms a few times a minute.

@@ -20,19 +20,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
-from sqlalchemy import Float, case, cast, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.models import (
-    JOB_STATUSES,
-    TERMINAL_STATUSES,
-    Job,
-    Probe,
-    WebhookDelivery,
-    utcnow,
-)
+from app import service
+from app.models import WebhookDelivery, utcnow
+from app.schemas import JobStatus
 
 JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 PROBE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -59,9 +54,8 @@ def _histogram(
 class DatabaseCollector(Collector):
     """Jobs, queue, probes, heartbeats and webhooks, read from the database at each scrape.
 
-    Cost per scrape: a few aggregate queries, plus one row per finished job for the duration
-    histogram (durations are timestamp differences, which SQLite and PostgreSQL spell
-    differently; reading two columns keeps the query portable).
+    Cost per scrape: a few aggregate queries (app.service.job_stats says which), plus one row per
+    finished job for the duration histogram.
     """
 
     def __init__(self, sessions: Callable[[], sessionmaker[Session] | None]) -> None:
@@ -85,66 +79,35 @@ class DatabaseCollector(Collector):
         yield from families
 
     def _families(self, session: Session, now: datetime) -> Iterator[Metric]:
-        counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        stats = service.job_stats(session, buckets=PROBE_BUCKETS, newest_probes=THROUGHPUT_PROBES)
         jobs = GaugeMetricFamily("edgetune_jobs", "Jobs by state", labels=["state"])
-        for state in JOB_STATUSES:
-            jobs.add_metric([state], float(counts.get(state, 0)))
+        for state in JobStatus:
+            jobs.add_metric([state.value], float(stats.counts.get(state, 0)))
         yield jobs
         yield GaugeMetricFamily(
             "edgetune_queue_depth",
             "Queued jobs waiting for a worker",
-            value=float(counts.get("queued", 0)),
+            value=float(stats.counts.get(JobStatus.QUEUED, 0)),
         )
-
-        finished = session.execute(
-            select(Job.status, Job.started_at, Job.finished_at).where(
-                Job.status.in_(TERMINAL_STATUSES),
-                Job.started_at.is_not(None),
-                Job.finished_at.is_not(None),
-            )
-        ).all()
-        durations: dict[tuple[str, ...], list[float]] = {(s,): [] for s in TERMINAL_STATUSES}
-        for status, started, ended in finished:
-            if started is not None and ended is not None:  # filtered in SQL; typed as optional
-                durations[(status,)].append(max(0.0, (ended - started).total_seconds()))
         yield _histogram(
             "edgetune_job_duration_seconds",
             "Wall time of finished jobs from first start to end, by final state",
             JOB_BUCKETS,
-            durations,
+            {(status.value,): seconds for status, seconds in stats.durations.items()},
             labels=["state"],
         )
 
-        # Bucket counts in SQL: one row, however many probes there are.
-        bucket_columns = [
-            func.coalesce(func.sum(case((Probe.seconds <= le, 1), else_=0)), 0)
-            for le in PROBE_BUCKETS
-        ]
-        row = session.execute(
-            select(func.count(), func.coalesce(func.sum(Probe.seconds), 0.0), *bucket_columns)
-        ).one()
         probes = HistogramMetricFamily(
             "edgetune_probe_duration_seconds", "Wall time of each stored probe"
         )
-        probe_buckets = [(str(le), float(n)) for le, n in zip(PROBE_BUCKETS, row[2:], strict=True)]
-        probe_buckets.append(("+Inf", float(row[0])))
-        probes.add_metric([], probe_buckets, sum_value=float(row[1]))
+        probe_buckets = [
+            (str(le), float(n)) for le, n in zip(PROBE_BUCKETS, stats.probe_buckets, strict=True)
+        ]
+        probe_buckets.append(("+Inf", float(stats.probe_count)))
+        probes.add_metric([], probe_buckets, sum_value=stats.probe_seconds)
         yield probes
 
-        newest = session.execute(
-            select(
-                Probe.seconds,
-                cast(Probe.config["batch_size"].as_float(), Float),
-                cast(Probe.result["steps_done"].as_float(), Float),
-            )
-            .order_by(Probe.id.desc())
-            .limit(THROUGHPUT_PROBES)
-        ).all()
-        rates = [
-            steps * batch / seconds
-            for seconds, batch, steps in newest
-            if seconds and seconds > 0 and batch is not None and steps is not None
-        ]
+        rates = stats.throughput
         throughput = GaugeMetricFamily(
             "edgetune_probe_config_samples_per_second",
             f"Training samples per second per probed configuration (steps·batch_size/seconds), "
@@ -153,17 +116,12 @@ class DatabaseCollector(Collector):
         throughput.add_metric([], sum(rates) / len(rates) if rates else math.nan)
         yield throughput
 
-        newest_beat = session.execute(
-            select(func.max(Job.heartbeat_at)).where(Job.status == "running")
-        ).scalar_one_or_none()
+        newest_beat = stats.newest_heartbeat
         age = GaugeMetricFamily(
             "edgetune_worker_heartbeat_age_seconds",
             "Seconds since the newest heartbeat of any running job (NaN when none runs); "
             "a large value with running jobs means their workers stopped",
         )
-        if newest_beat is not None and newest_beat.tzinfo is None:
-            # func.max bypasses the column type on SQLite: the value comes back naive UTC.
-            newest_beat = newest_beat.replace(tzinfo=now.tzinfo)
         age.add_metric([], math.nan if newest_beat is None else (now - newest_beat).total_seconds())
         yield age
 

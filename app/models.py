@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -26,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.schemas import JobStatus
+
 # Deterministic constraint names, so migrations can drop and alter them on every backend.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -34,9 +37,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 # JSONB on PostgreSQL (binary, indexable); plain JSON text elsewhere.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -89,7 +89,20 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
     tenant: Mapped[str] = mapped_column(String(64), default="default", index=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    # A string column with a CHECK (ck_jobs_status) on every backend, not a PostgreSQL enum type:
+    # a new state is then one migration that replaces the CHECK, the same on SQLite. It holds
+    # the values ("queued"), not the member names SQLAlchemy's Enum stores by default.
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(
+            JobStatus,
+            native_enum=False,
+            length=16,
+            create_constraint=True,
+            name="status",
+            values_callable=lambda statuses: [s.value for s in statuses],
+        ),
+        default=JobStatus.QUEUED,
+    )
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     # sha256 of the spec's canonical JSON: an Idempotency-Key replay must carry the same spec.
     spec_hash: Mapped[str] = mapped_column(String(64))

@@ -7,13 +7,14 @@
 
 `render(name, data, format)` is pure: values in, PNG or SVG bytes out. It uses matplotlib's
 object API (a Figure per call, never pyplot's global state), so requests can render in parallel
-threads. The only database access is `load`, through the service's own reads.
+threads. It reads no database: app.service.plot_data gathers a job's PlotData.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,26 +22,30 @@ from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sqlalchemy.orm import Session
 
-from app import queue, service
 from app.errors import ProblemError
+from app.schemas import (
+    EDGE,
+    PLOT_NAMES,
+    Hyperparameters,
+    OrderKind,
+    PlotName,
+    ProbeGrowth,
+    ProbeOrder,
+    ProbeOut,
+    Recommendation,
+)
 
-PlotName = Literal["order", "collapse", "growth", "trajectory"]
 Format = Literal["png", "svg"]
-PLOT_NAMES: tuple[PlotName, ...] = ("order", "collapse", "growth", "trajectory")
 MEDIA_TYPES: dict[Format, str] = {"png": "image/png", "svg": "image/svg+xml"}
 # 800 × 500 pixels as PNG.
 SIZE_INCHES = (8.0, 5.0)
 DPI = 100
-EDGE = 1.0
 EDGE_STYLE: dict[str, Any] = {"color": "#c0392b", "linestyle": "--", "linewidth": 1.2}
 # Panels of the order plot; deeper networks show their first and last layers.
 MAX_LAYER_PANELS = 4
 # Above this the order parameter has run far past the edge: a log axis keeps the rest readable.
 LOG_SCALE_ABOVE = 5.0
-
-OrderKind = Literal["J2", "chi"]
 
 
 class PlotUnavailable(Exception):
@@ -51,27 +56,8 @@ class PlotUnavailable(Exception):
 class PlotData:
     job_id: str
     status: str
-    spec: dict[str, Any]
-    # ProbeOut-shaped: key, config (learning_rate, momentum, weight_decay, batch_size), outcome,
-    # records (step, epoch, J, chi, lyapunov, ...)
-    probes: list[dict[str, Any]]
-    recommendation: dict[str, Any] | None
-
-
-def load(session: Session, *, job_id: str, tenant: str) -> PlotData:
-    """The job's spec, probes and recommendation (404 problem for another tenant's job)."""
-    job = service.get_job(session, job_id=job_id, tenant=tenant)
-    probes = service.get_probes(session, job_id=job_id, tenant=tenant).probes
-    recommendation = (
-        queue.get_recommendation(session, job_id) if job.status == "succeeded" else None
-    )
-    return PlotData(
-        job.id,
-        job.status,
-        job.spec,
-        [p.model_dump(mode="json") for p in probes],
-        recommendation,
-    )
+    probes: list[ProbeOut]
+    recommendation: Recommendation | None
 
 
 def parse_name(name: str, format: str | None) -> tuple[PlotName, Format]:
@@ -107,56 +93,30 @@ def parse_name(name: str, format: str | None) -> tuple[PlotName, Format]:
 
 
 def order_kind(data: PlotData) -> OrderKind:
-    """The recommendation's order parameter; before there is one, the worker's rule from the spec
-    (J² for one tanh hidden layer or a torchvision model, χ otherwise)."""
-    if data.recommendation:
-        name = ((data.recommendation.get("edge") or {}).get("order_parameter") or {}).get("name")
-        if name in ("J2", "chi"):
-            return name
-    model = data.spec.get("model") or {}
-    if model.get("type") == "torchvision":
-        return "J2"
-    if model.get("type") == "mlp" and len(model.get("hidden") or []) == 1:
-        return "J2" if model.get("activation", "tanh") == "tanh" else "chi"
-    return "chi"
+    """The order parameter the worker measured: the recommendation's, else the probes'."""
+    if data.recommendation is not None:
+        return data.recommendation.edge.order_parameter.name
+    return next((p.order.kind for p in data.probes if p.order is not None), "J2")
 
 
 def _symbol(kind: OrderKind) -> str:
     return "J²" if kind == "J2" else "χ"
 
 
-def _layer_values(record: dict[str, Any], kind: OrderKind) -> list[float]:
-    if kind == "chi" and record.get("chi"):
-        return [float(v) for v in record["chi"]]
-    return [float(j) ** 2 for j in record.get("J") or []]
-
-
-def _series_value(record: dict[str, Any], kind: OrderKind) -> float:
-    """The order parameter the fits use: mean J² over layers, or χ = exp(2·mean Lyapunov)."""
-    if kind == "chi" and record.get("lyapunov") is not None:
-        return math.exp(2 * float(record["lyapunov"]))
-    values = [float(j) ** 2 for j in record.get("J") or []]
-    return sum(values) / len(values) if values else math.nan
-
-
-def _probe_label(probe: dict[str, Any]) -> str:
-    c = probe.get("config") or {}
+def _probe_label(key: str, config: Mapping[str, Any], diverged: bool = False) -> str:
     label = (
-        f"{probe.get('key', '?')}: η={c.get('learning_rate', 0):.3g}, "
-        f"α={c.get('momentum', 0):g}, B={c.get('batch_size', '?')}"
+        f"{key}: η={config.get('learning_rate', 0):.3g}, "
+        f"α={config.get('momentum', 0):g}, B={config.get('batch_size', '?')}"
     )
-    if c.get("weight_decay"):
-        label += f", wd={c['weight_decay']:.2g}"
-    if probe.get("outcome") == "diverged":
+    if config.get("weight_decay"):
+        label += f", wd={config['weight_decay']:.2g}"
+    if diverged:
         label += " (diverged)"
     return label
 
 
-def _effective_rate(config: dict[str, Any]) -> float:
-    """η/((1−α)B), the one combination the growth law depends on."""
-    return float(config["learning_rate"]) / (
-        (1 - float(config["momentum"])) * float(config["batch_size"])
-    )
+def _label(probe: ProbeOut) -> str:
+    return _probe_label(probe.key, probe.config, probe.outcome == "diverged")
 
 
 def _figure() -> tuple[Figure, FigureCanvasAgg]:
@@ -180,14 +140,13 @@ def _fit_y_axis(ax: Axes, values: list[float]) -> None:
 
 def _growth_keys(data: PlotData) -> list[str]:
     """Keys of the growth probes: the recommendation's list, else every probe without decay."""
-    listed = ((data.recommendation or {}).get("edge") or {}).get("probes")
-    if listed:
-        return [p["key"] for p in listed]
-    return [p["key"] for p in data.probes if not (p.get("config") or {}).get("weight_decay")]
+    if data.recommendation is not None and data.recommendation.edge.probes:
+        return [p.key for p in data.recommendation.edge.probes]
+    return [p.key for p in data.probes if not p.config.get("weight_decay")]
 
 
-def _require_probes(data: PlotData) -> list[dict[str, Any]]:
-    measured = [p for p in data.probes if p.get("records")]
+def _require_probes(data: PlotData) -> list[tuple[ProbeOut, ProbeOrder]]:
+    measured = [(p, p.order) for p in data.probes if p.order is not None and p.order.epoch]
     if not measured:
         raise PlotUnavailable(
             f"job {data.job_id} is {data.status} and has no probe measurements yet"
@@ -195,47 +154,49 @@ def _require_probes(data: PlotData) -> list[dict[str, Any]]:
     return measured
 
 
-def _require_recommendation(data: PlotData) -> dict[str, Any]:
-    if data.recommendation is None:
+def _require_recommendation(data: PlotData) -> tuple[Recommendation, Hyperparameters]:
+    result = data.recommendation
+    if result is None:
         raise PlotUnavailable(f"job {data.job_id} is {data.status}: there is no recommendation yet")
-    if data.recommendation.get("hyperparameters") is None:
-        reason = (data.recommendation.get("validity") or {}).get("reason", "no reason given")
+    if result.hyperparameters is None:
+        reason = result.validity.reason or "no reason given"
         raise PlotUnavailable(f"job {data.job_id} made no recommendation: {reason}")
-    return data.recommendation
+    return result, result.hyperparameters
+
+
+def _order_axes(figure: Figure, panels: int) -> list[Axes]:
+    """One panel per layer, two panels to a row, so that each keeps a readable width."""
+    columns = min(panels, 2)
+    rows = math.ceil(panels / columns)
+    grid = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
+    axes = list(grid.flat)
+    for extra in axes[panels:]:
+        extra.set_visible(False)
+    return axes[:panels]
 
 
 def plot_order(data: PlotData) -> Figure:
     probes = _require_probes(data)
-    kind = order_kind(data)
-    symbol = _symbol(kind)
-    layers = max(len(_layer_values(p["records"][0], kind)) for p in probes)
+    symbol = _symbol(order_kind(data))
+    layers = max(len(order.layers[0]) for _, order in probes)
     shown = list(range(layers))
     if layers > MAX_LAYER_PANELS:
         shown = [*range(MAX_LAYER_PANELS - 1), layers - 1]
     figure, _ = _figure()
-    # One panel per layer, two panels to a row, so that each keeps a readable width.
+    axes = _order_axes(figure, len(shown))
     columns = min(len(shown), 2)
-    rows = math.ceil(len(shown) / columns)
-    grid = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
-    axes = list(grid.flat)
-    for extra in axes[len(shown) :]:
-        extra.set_visible(False)
     everything: list[float] = []
-    for panel, (ax, layer) in enumerate(zip(axes, shown, strict=False)):
-        for i, probe in enumerate(probes):
-            t = [float(r["epoch"]) for r in probe["records"]]
-            y = [
-                values[layer] if layer < len(values) else math.nan
-                for values in (_layer_values(r, kind) for r in probe["records"])
-            ]
+    for panel, (ax, layer) in enumerate(zip(axes, shown, strict=True)):
+        for i, (probe, order) in enumerate(probes):
+            y = [values[layer] if layer < len(values) else math.nan for values in order.layers]
             everything.extend(y)
             ax.plot(
-                t,
+                order.epoch,
                 y,
                 color=f"C{i % 10}",
-                linestyle=":" if (probe.get("config") or {}).get("weight_decay") else "-",
-                marker="." if len(t) < 15 else None,
-                label=_probe_label(probe) if panel == 0 else None,
+                linestyle=":" if probe.config.get("weight_decay") else "-",
+                marker="." if len(y) < 15 else None,
+                label=_label(probe) if panel == 0 else None,
             )
         _edge_line(ax, label=panel == 0)
         ax.set_title(f"hidden layer {layer + 1}", fontsize="medium")
@@ -245,7 +206,7 @@ def plot_order(data: PlotData) -> Figure:
             ax.xaxis.set_tick_params(labelbottom=True)
     _fit_y_axis(axes[0], everything)
     figure.supylabel(
-        f"order parameter {symbol}" + ("  (J² = fan_in·var W)" if kind == "J2" else ""),
+        f"order parameter {symbol}" + ("  (J² = fan_in·var W)" if symbol == "J²" else ""),
         fontsize="medium",
     )
     title = f"Order parameter {symbol} per hidden layer during each probe"
@@ -259,28 +220,24 @@ def plot_order(data: PlotData) -> Figure:
 
 
 def plot_collapse(data: PlotData) -> Figure:
-    probes = _require_probes(data)
-    kind = order_kind(data)
-    symbol = _symbol(kind)
     keys = set(_growth_keys(data))
-    growth = [p for p in probes if p["key"] in keys]
+    growth = [(p, order) for p, order in _require_probes(data) if p.key in keys]
     if not growth:
         raise PlotUnavailable(f"job {data.job_id} has no growth probe measurements yet")
+    symbol = _symbol(order_kind(data))
     figure, _ = _figure()
     ax = figure.subplots()
     everything: list[float] = []
     x_max = 0.0
-    for i, probe in enumerate(growth):
-        rate = _effective_rate(probe["config"])
-        x = [float(r["epoch"]) * rate for r in probe["records"]]
-        y = [_series_value(r, kind) for r in probe["records"]]
-        everything.extend(y)
+    for i, (probe, order) in enumerate(growth):
+        x = [t * order.effective_rate for t in order.epoch]
+        everything.extend(order.value)
         x_max = max(x_max, *x)
-        ax.plot(x, y, color=f"C{i % 10}", marker=".", markersize=4, label=_probe_label(probe))
-    edge = ((data.recommendation or {}).get("edge")) or {}
-    k = (edge.get("k") or {}).get("value")
-    y0 = edge.get("initial")
-    if isinstance(k, int | float) and isinstance(y0, int | float):
+        ax.plot(x, order.value, color=f"C{i % 10}", marker=".", markersize=4, label=_label(probe))
+    edge = data.recommendation.edge if data.recommendation is not None else None
+    k = edge.k.value if edge is not None and edge.k is not None else None
+    y0 = edge.initial if edge is not None else None
+    if k is not None and y0 is not None:
         ax.plot(
             [0, x_max],
             [y0, y0 + k * x_max],
@@ -303,62 +260,67 @@ def plot_collapse(data: PlotData) -> Figure:
     return figure
 
 
-def plot_growth(data: PlotData) -> Figure:
-    result = _require_recommendation(data)
-    edge = result.get("edge") or {}
-    listed = edge.get("probes") or []
-    points = [
-        (p, p["growth"]["A"])
-        for p in listed
-        if ((p.get("growth") or {}).get("A") or {}).get("value", 0) > 0
+def _growth_points(result: Recommendation) -> list[tuple[ProbeGrowth, float]]:
+    """The probes with a positive fitted growth rate, each with its effective rate."""
+    return [
+        (p, p.effective_rate)
+        for p in result.edge.probes
+        if p.growth is not None
+        and (p.growth.A.value or 0) > 0
+        and p.effective_rate is not None
     ]
-    left_out = [p["key"] for p in listed if all(p is not q for q, _ in points)]
+
+
+def _growth_law_band(ax: Axes, result: Recommendation, lo: float, hi: float) -> None:
+    k = result.edge.k
+    if k is None or k.value is None:
+        return
+    grid = [lo * (hi / lo) ** (i / 50) for i in range(51)]
+    ax.plot(grid, [k.value * g for g in grid], color="black", label=f"A = k·x, k = {k.value:.3g}")
+    if k.low is not None and k.high is not None:
+        ax.fill_between(
+            grid,
+            [k.low * g for g in grid],
+            [k.high * g for g in grid],
+            color="black",
+            alpha=0.12,
+            label=f"95% interval of k: [{k.low:.3g}, {k.high:.3g}]",
+        )
+
+
+def plot_growth(data: PlotData) -> Figure:
+    result, hyper = _require_recommendation(data)
+    points = _growth_points(result)
     if not points:
         raise PlotUnavailable(f"job {data.job_id} fitted no positive growth rates")
+    shown = {p.key for p, _ in points}
+    left_out = [p.key for p in result.edge.probes if p.key not in shown]
     figure, _ = _figure()
     ax = figure.subplots()
-    xs = []
-    for i, (probe, a) in enumerate(points):
-        x = _effective_rate(probe)
-        xs.append(x)
-        low = a["value"] - a["low"] if a.get("low") is not None else 0.0
-        high = a["high"] - a["value"] if a.get("high") is not None else 0.0
+    for i, (probe, x) in enumerate(points):
+        assert probe.growth is not None
+        a = probe.growth.A
+        value = a.value or 0.0  # positive: _growth_points keeps only those
+        low = value - a.low if a.low is not None else 0.0
+        high = a.high - value if a.high is not None else 0.0
         ax.errorbar(
             [x],
-            [a["value"]],
+            [value],
             yerr=[[max(low, 0.0)], [max(high, 0.0)]],
             fmt="o",
             color=f"C{i % 10}",
             capsize=3,
-            label=_probe_label({"key": probe["key"], "config": probe}),
+            label=_probe_label(probe.key, probe.model_dump()),
         )
-    hyper = result.get("hyperparameters") or {}
-    run_x = _effective_rate(hyper) if hyper else None
-    span = [*xs, *([run_x] if run_x else [])]
+    run_x = hyper.effective_rate
+    span = [x for _, x in points] + ([run_x] if run_x else [])
     lo, hi = min(span) / 1.5, max(span) * 1.5
-    k = edge.get("k") or {}
-    if isinstance(k.get("value"), int | float):
-        grid = [lo * (hi / lo) ** (i / 50) for i in range(51)]
-        ax.plot(
-            grid,
-            [k["value"] * g for g in grid],
-            color="black",
-            label=f"A = k·x, k = {k['value']:.3g}",
-        )
-        if isinstance(k.get("low"), int | float) and isinstance(k.get("high"), int | float):
-            ax.fill_between(
-                grid,
-                [k["low"] * g for g in grid],
-                [k["high"] * g for g in grid],
-                color="black",
-                alpha=0.12,
-                label=f"95% interval of k: [{k['low']:.3g}, {k['high']:.3g}]",
-            )
-    a_run = (edge.get("growth_rate_per_epoch") or {}).get("value")
-    if run_x and isinstance(a_run, int | float) and a_run > 0:
+    _growth_law_band(ax, result, lo, hi)
+    a_run = result.edge.growth_rate_per_epoch
+    if run_x and a_run is not None and a_run.value is not None and a_run.value > 0:
         ax.plot(
             [run_x],
-            [a_run],
+            [a_run.value],
             marker="*",
             markersize=14,
             color="#c0392b",
@@ -381,7 +343,8 @@ def plot_growth(data: PlotData) -> Figure:
     ax.set_xlabel("effective learning rate x = η/((1−α)B)   (per example)")
     ax.set_ylabel("growth rate A of the order parameter (per epoch)")
     title = "Growth rate against η/((1−α)B): the scaling law A = k·x"
-    if (edge.get("scaling") or {}).get("theory_consistent") is False:
+    scaling = result.edge.scaling
+    if scaling is not None and not scaling.theory_consistent:
         title += "\n(a fitted exponent differs from 1: the law is only approximate here)"
     ax.set_title(title, fontsize="medium")
     ax.grid(alpha=0.3, which="both")
@@ -389,45 +352,12 @@ def plot_growth(data: PlotData) -> Figure:
     return figure
 
 
-def plot_trajectory(data: PlotData) -> Figure:
-    result = _require_recommendation(data)
-    edge = result.get("edge") or {}
-    kind = order_kind(data)
-    symbol = _symbol(kind)
-    predicted = edge.get("predicted_trajectory") or {}
-    hyper = result["hyperparameters"]
-    figure, _ = _figure()
-    ax = figure.subplots()
-    values = list(predicted.get("value") or [])
-    ax.plot(
-        predicted.get("epoch") or [],
-        values,
-        color="C0",
-        linewidth=2,
-        label=(
-            f"predicted: η={hyper['learning_rate']:.3g}, α={hyper['momentum']:g}, "
-            f"B={hyper['batch_size']}, wd={hyper['weight_decay']:.2g}"
-        ),
-    )
-    verification = (result.get("verification") or {}).get("trajectory") or {}
-    if verification.get("epoch"):
-        measured = verification.get("measured") or []
-        values.extend(measured)
-        ax.plot(
-            verification["epoch"],
-            measured,
-            color="C1",
-            marker=".",
-            label="measured in the verification run",
-        )
-    _edge_line(ax)
-    t_edge = edge.get("predicted_edge_epoch")
-    end = max(predicted.get("epoch") or [0.0])
-    if isinstance(t_edge, int | float) and 0 < t_edge <= end:
+def _edge_time(ax: Axes, t_edge: float | None, end: float) -> None:
+    if t_edge is not None and 0 < t_edge <= end:
         ax.axvline(
             t_edge, color="grey", linestyle=":", label=f"edge reached at {t_edge:.2g} epochs"
         )
-    elif isinstance(t_edge, int | float) and t_edge > end:
+    elif t_edge is not None and t_edge > end:
         ax.text(
             0.98,
             0.05,
@@ -437,11 +367,44 @@ def plot_trajectory(data: PlotData) -> Figure:
             fontsize="small",
             color="grey",
         )
+
+
+def plot_trajectory(data: PlotData) -> Figure:
+    result, hyper = _require_recommendation(data)
+    edge = result.edge
+    symbol = _symbol(order_kind(data))
+    epochs = edge.predicted_trajectory.epoch if edge.predicted_trajectory else []
+    values = list(edge.predicted_trajectory.value if edge.predicted_trajectory else [])
+    figure, _ = _figure()
+    ax = figure.subplots()
+    ax.plot(
+        epochs,
+        values,
+        color="C0",
+        linewidth=2,
+        label=(
+            f"predicted: η={hyper.learning_rate:.3g}, α={hyper.momentum:g}, "
+            f"B={hyper.batch_size}, wd={hyper.weight_decay:.2g}"
+        ),
+    )
+    verification = result.verification.trajectory if result.verification else None
+    if verification is not None and verification.epoch:
+        values.extend(verification.measured)
+        ax.plot(
+            verification.epoch,
+            verification.measured,
+            color="C1",
+            marker=".",
+            label="measured in the verification run",
+        )
+    _edge_line(ax)
+    end = max(epochs, default=0.0)
+    _edge_time(ax, edge.predicted_edge_epoch, end)
     _fit_y_axis(ax, values)
     ax.set_xlim(0, end or None)
     ax.set_xlabel("training time (epochs)")
     ax.set_ylabel(f"order parameter {symbol}")
-    ax.set_title(f"Recommended run: predicted {symbol} over {hyper['epochs']:g} epochs")
+    ax.set_title(f"Recommended run: predicted {symbol} over {hyper.epochs:g} epochs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")
     return figure

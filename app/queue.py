@@ -1,8 +1,10 @@
-"""Every change of a job's state, used by the API and the worker. All job SQL lives here.
+"""Every change of a job's state, used by the API and the worker.
 
 Each transition is a named function guarded by `WHERE status = <expected>` (and, for a worker's
-transitions, `lease_owner = <worker>`), runs in one short transaction and commits before it
-returns; a guard that does not match changes nothing and says so in the return value.
+transitions, `lease_owner = <worker>`), runs in one short transaction (`transaction`) and commits
+before it returns; a guard that does not match changes nothing and says so in the return value.
+Besides the transitions, only the reads a worker needs of its own job are here (get_job,
+stored_probes, get_recommendation); every other read of jobs is in app.service.
 
 Claiming: PostgreSQL locks the oldest queued row with `FOR UPDATE SKIP LOCKED`, so concurrent
 workers each take a different job without waiting on each other. SQLite has one writer at a time;
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -28,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from app import webhooks
 from app.models import Job, Probe, Recommendation, utcnow
+from app.schemas import JobStatus
 
 HeartbeatResult = Literal["ok", "cancel", "lost"]
 # How many candidates a SQLite claim tries before giving up for this poll (others won the race).
@@ -40,6 +45,22 @@ class IdempotencyConflict(Exception):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"Idempotency-Key already used for job {job_id} with a different spec")
         self.job_id = job_id
+
+
+@contextmanager
+def transaction(session: Session) -> Iterator[None]:
+    """Commit what the block did when it ends, roll it back when it raises.
+
+    Not `Session.begin()`, which refuses a session already in a transaction: the API checks the
+    caller's key in the request's session first and leaves that transaction open, for the
+    request's own statements to share (app.auth.tenant_for_key); this ends it.
+    """
+    try:
+        yield
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
@@ -56,14 +77,34 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount)
 
 
+def _ended(session: Session, job_id: str) -> None:
+    """Queue the webhook of a job this transaction just ended, in the same transaction: an ended
+    job always has its delivery (app.webhooks), whatever crashes afterwards."""
+    row = session.execute(
+        select(Job.status, Job.tenant, Job.spec, Job.error, Job.finished_at).where(Job.id == job_id)
+    ).one_or_none()
+    if row is None:
+        return
+    status, tenant, spec, error, finished_at = row
+    webhooks.enqueue(
+        session,
+        job_id,
+        status=status,
+        tenant=tenant,
+        callback_url=(spec or {}).get("callback_url"),
+        error=error,
+        finished_at=finished_at,
+    )
+
+
 def get_job(session: Session, job_id: str, tenant: str | None = None) -> Job | None:
     """A fresh read of one job (another tenant's job reads as absent)."""
     query = select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
     if tenant is not None:
         query = query.where(Job.tenant == tenant)
-    job = session.scalars(query).one_or_none()
-    session.commit()  # end the read transaction: callers hold no snapshot open
-    return job
+    # Its own transaction, ended before returning: callers hold no snapshot open.
+    with transaction(session):
+        return session.scalars(query).one_or_none()
 
 
 def create_job(
@@ -88,32 +129,30 @@ def create_job(
             raise IdempotencyConflict(job.id)
         return job
 
-    found = existing()
-    if found is not None:
-        session.commit()
-        return found, False
-    now = utcnow()
-    job = Job(
-        tenant=tenant,
-        status="queued",
-        spec=spec,
-        spec_hash=digest,
-        idempotency_key=idempotency_key,
-        attempts=0,
-        max_attempts=max_attempts,
-        cancel_requested=False,
-        progress={},
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(job)
     try:
-        session.commit()
+        with transaction(session):
+            found = existing()
+            if found is not None:
+                return found, False
+            now = utcnow()
+            job = Job(
+                tenant=tenant,
+                status=JobStatus.QUEUED,
+                spec=spec,
+                spec_hash=digest,
+                idempotency_key=idempotency_key,
+                attempts=0,
+                max_attempts=max_attempts,
+                cancel_requested=False,
+                progress={},
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(job)
     except IntegrityError:
         # Two requests with one key raced; the unique (tenant, idempotency_key) picked a winner.
-        session.rollback()
-        found = existing()
-        session.commit()
+        with transaction(session):
+            found = existing()
         if found is None:
             raise
         return found, False
@@ -125,42 +164,45 @@ def request_cancel(session: Session, job_id: str, tenant: str | None = None) -> 
     measurement interval). Finished jobs are left as they are. None when there is no such job."""
     now = utcnow()
     scope = [Job.id == job_id] if tenant is None else [Job.id == job_id, Job.tenant == tenant]
-    cancelled = session.execute(
-        update(Job)
-        .where(*scope, Job.status == "queued")
-        .values(status="cancelled", finished_at=now, updated_at=now, cancel_requested=True)
-    )
-    if _rowcount(cancelled) == 1:
-        # Every transition to an end state queues its webhook in the same transaction.
-        webhooks.enqueue(session, job_id)
-    session.execute(
-        update(Job)
-        .where(*scope, Job.status == "running")
-        .values(cancel_requested=True, updated_at=now)
-    )
-    session.commit()
+    with transaction(session):
+        cancelled = session.execute(
+            update(Job)
+            .where(*scope, Job.status == JobStatus.QUEUED)
+            .values(
+                status=JobStatus.CANCELLED, finished_at=now, updated_at=now, cancel_requested=True
+            )
+        )
+        if _rowcount(cancelled) == 1:
+            _ended(session, job_id)
+        session.execute(
+            update(Job)
+            .where(*scope, Job.status == JobStatus.RUNNING)
+            .values(cancel_requested=True, updated_at=now)
+        )
     return get_job(session, job_id, tenant)
 
 
 def claim(session: Session, *, worker_id: str, lease_seconds: float) -> Job | None:
     """Take the oldest queued job: running, attempts + 1, leased to `worker_id`."""
     oldest_queued = (
-        select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(1)
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED)
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
     )
     if _is_postgres(session):
         # The row lock lasts only for this short transaction; SKIP LOCKED lets another worker
         # take the next job instead of waiting for this one.
-        job_id = session.scalars(oldest_queued.with_for_update(skip_locked=True)).first()
-        claimed = job_id is not None and _start(session, job_id, worker_id, lease_seconds)
-        session.commit()
+        with transaction(session):
+            job_id = session.scalars(oldest_queued.with_for_update(skip_locked=True)).first()
+            claimed = job_id is not None and _start(session, job_id, worker_id, lease_seconds)
         return get_job(session, job_id) if claimed and job_id else None
     for _ in range(SQLITE_CLAIM_TRIES):
-        job_id = session.scalars(oldest_queued).first()
+        with transaction(session):
+            job_id = session.scalars(oldest_queued).first()
+            claimed = job_id is not None and _start(session, job_id, worker_id, lease_seconds)
         if job_id is None:
-            session.commit()
             return None
-        claimed = _start(session, job_id, worker_id, lease_seconds)
-        session.commit()
         if claimed:
             return get_job(session, job_id)
     return None
@@ -170,9 +212,9 @@ def _start(session: Session, job_id: str, worker_id: str, lease_seconds: float) 
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,
             lease_owner=worker_id,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -190,7 +232,7 @@ def _start(session: Session, job_id: str, worker_id: str, lease_seconds: float) 
 
 
 def _owned(job_id: str, worker_id: str) -> list[Any]:
-    return [Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id]
+    return [Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == worker_id]
 
 
 def heartbeat(
@@ -211,12 +253,11 @@ def heartbeat(
     }
     if progress is not None:
         values["progress"] = progress
-    result = session.execute(update(Job).where(*_owned(job_id, worker_id)).values(**values))
-    if _rowcount(result) != 1:
-        session.commit()
-        return "lost"
-    cancel = session.scalars(select(Job.cancel_requested).where(Job.id == job_id)).one()
-    session.commit()
+    with transaction(session):
+        result = session.execute(update(Job).where(*_owned(job_id, worker_id)).values(**values))
+        if _rowcount(result) != 1:
+            return "lost"
+        cancel = session.scalars(select(Job.cancel_requested).where(Job.id == job_id)).one()
     return "cancel" if cancel else "ok"
 
 
@@ -250,15 +291,14 @@ def store_probe(
         .on_conflict_do_nothing(index_elements=["job_id", "key"])
         .returning(Probe.id)
     )
-    stored = session.execute(statement).scalar_one_or_none() is not None
-    session.commit()
-    return stored
+    with transaction(session):
+        return session.execute(statement).scalar_one_or_none() is not None
 
 
 def stored_probes(session: Session, job_id: str) -> dict[str, dict[str, Any]]:
     """The job's finished probes by key: {id, key, config, outcome, result, seconds, created_at}."""
-    rows = session.scalars(select(Probe).where(Probe.job_id == job_id).order_by(Probe.id)).all()
-    session.commit()
+    with transaction(session):
+        rows = session.scalars(select(Probe).where(Probe.job_id == job_id).order_by(Probe.id)).all()
     return {
         p.key: {
             "id": p.id,
@@ -274,38 +314,37 @@ def stored_probes(session: Session, job_id: str) -> dict[str, dict[str, Any]]:
 
 
 def get_recommendation(session: Session, job_id: str) -> dict[str, Any] | None:
-    row = session.get(Recommendation, job_id)
-    session.commit()
+    with transaction(session):
+        row = session.get(Recommendation, job_id)
     return None if row is None else row.result
 
 
 def complete(session: Session, job_id: str, *, worker_id: str, result: dict[str, Any]) -> bool:
     """running → succeeded with its recommendation, in one commit. False if the lease was lost."""
     now = utcnow()
-    job = session.scalars(select(Job).where(*_owned(job_id, worker_id))).one_or_none()
-    if job is None:
-        session.commit()
-        return False
-    progress = {**(job.progress or {}), "phase": "done", "fraction": 1.0, "eta_seconds": 0.0}
-    updated = session.execute(
-        update(Job)
-        .where(*_owned(job_id, worker_id))
-        .values(
-            status="succeeded",
-            finished_at=now,
-            updated_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-            progress=progress,
-            error=None,
+    with transaction(session):
+        job = session.scalars(select(Job).where(*_owned(job_id, worker_id))).one_or_none()
+        if job is None:
+            return False
+        progress = {**(job.progress or {}), "phase": "done", "fraction": 1.0, "eta_seconds": 0.0}
+        updated = session.execute(
+            update(Job)
+            .where(*_owned(job_id, worker_id))
+            .values(
+                status=JobStatus.SUCCEEDED,
+                finished_at=now,
+                updated_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                progress=progress,
+                error=None,
+            )
         )
-    )
-    if _rowcount(updated) != 1:
-        session.rollback()
-        return False
-    session.add(Recommendation(job_id=job_id, result=result, created_at=now))
-    webhooks.enqueue(session, job_id)
-    session.commit()
+        if _rowcount(updated) != 1:
+            # Lost between the read and the update: the guard wrote nothing, nor does this.
+            return False
+        session.add(Recommendation(job_id=job_id, result=result, created_at=now))
+        _ended(session, job_id)
     return True
 
 
@@ -315,46 +354,46 @@ def fail_or_retry(
     """running → queued (another attempt) or failed once attempts reach max_attempts, or at once
     when retry=False (a spec that can never run). Returns the new status, None if not owned."""
     now = utcnow()
-    job = session.scalars(select(Job).where(*_owned(job_id, worker_id))).one_or_none()
-    if job is None:
-        session.commit()
-        return None
-    status = "queued" if retry and job.attempts < job.max_attempts else "failed"
-    updated = session.execute(
-        update(Job)
-        .where(*_owned(job_id, worker_id))
-        .values(
-            status=status,
-            error=error,
-            updated_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-            finished_at=now if status == "failed" else None,
+    with transaction(session):
+        job = session.scalars(select(Job).where(*_owned(job_id, worker_id))).one_or_none()
+        if job is None:
+            return None
+        status = JobStatus.QUEUED if retry and job.attempts < job.max_attempts else JobStatus.FAILED
+        updated = session.execute(
+            update(Job)
+            .where(*_owned(job_id, worker_id))
+            .values(
+                status=status,
+                error=error,
+                updated_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=now if status == JobStatus.FAILED else None,
+            )
         )
-    )
-    if status == "failed" and _rowcount(updated) == 1:
-        webhooks.enqueue(session, job_id)
-    session.commit()
-    return status if _rowcount(updated) == 1 else None
+        owned = _rowcount(updated) == 1
+        if status == JobStatus.FAILED and owned:
+            _ended(session, job_id)
+    return status if owned else None
 
 
 def mark_cancelled(session: Session, job_id: str, *, worker_id: str) -> bool:
     """running → cancelled (the worker saw cancel_requested and stopped)."""
     now = utcnow()
-    updated = session.execute(
-        update(Job)
-        .where(*_owned(job_id, worker_id))
-        .values(
-            status="cancelled",
-            finished_at=now,
-            updated_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
+    with transaction(session):
+        updated = session.execute(
+            update(Job)
+            .where(*_owned(job_id, worker_id))
+            .values(
+                status=JobStatus.CANCELLED,
+                finished_at=now,
+                updated_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
         )
-    )
-    if _rowcount(updated) == 1:
-        webhooks.enqueue(session, job_id)
-    session.commit()
+        if _rowcount(updated) == 1:
+            _ended(session, job_id)
     return _rowcount(updated) == 1
 
 
@@ -366,19 +405,19 @@ def release(session: Session, job_id: str, *, worker_id: str) -> bool:
     """
     now = utcnow()
     cleared: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_expires_at": None}
-    cancelled = session.execute(
-        update(Job)
-        .where(*_owned(job_id, worker_id), Job.cancel_requested.is_(True))
-        .values(status="cancelled", finished_at=now, **cleared)
-    )
-    if _rowcount(cancelled) == 1:
-        webhooks.enqueue(session, job_id)
-    requeued = session.execute(
-        update(Job)
-        .where(*_owned(job_id, worker_id))
-        .values(status="queued", attempts=Job.attempts - 1, **cleared)
-    )
-    session.commit()
+    with transaction(session):
+        cancelled = session.execute(
+            update(Job)
+            .where(*_owned(job_id, worker_id), Job.cancel_requested.is_(True))
+            .values(status=JobStatus.CANCELLED, finished_at=now, **cleared)
+        )
+        if _rowcount(cancelled) == 1:
+            _ended(session, job_id)
+        requeued = session.execute(
+            update(Job)
+            .where(*_owned(job_id, worker_id))
+            .values(status=JobStatus.QUEUED, attempts=Job.attempts - 1, **cleared)
+        )
     return _rowcount(cancelled) + _rowcount(requeued) == 1
 
 
@@ -389,37 +428,49 @@ def requeue_stale(session: Session, *, now: datetime | None = None) -> int:
     Every worker calls this before it claims, so a dead worker's job needs no supervisor.
     """
     now = now or utcnow()
-    query = select(Job).where(Job.status == "running", Job.lease_expires_at < now)
+    query = select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
     if _is_postgres(session):
         query = query.with_for_update(skip_locked=True)
-    stale = session.scalars(query).all()
     changed = 0
-    for job in stale:
-        cleared: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_expires_at": None}
-        reason = (
-            f"worker {job.lease_owner} stopped heartbeating; its lease expired at "
-            f"{job.lease_expires_at.isoformat() if job.lease_expires_at else '?'}"
-        )
-        if job.cancel_requested:
-            values = {"status": "cancelled", "finished_at": now, **cleared}
-        elif job.attempts >= job.max_attempts:
-            reason = f"gave up after {job.attempts} attempts: {reason}"
-            values = {"status": "failed", "finished_at": now, "error": reason, **cleared}
-        else:
-            values = {"status": "queued", "error": f"attempt {job.attempts}: {reason}", **cleared}
-        # Guarded on the lease we saw: a heartbeat that renewed it meanwhile wins.
-        result = session.execute(
-            update(Job)
-            .where(
-                Job.id == job.id,
-                Job.status == "running",
-                Job.lease_owner == job.lease_owner,
-                Job.lease_expires_at < now,
+    with transaction(session):
+        for job in session.scalars(query).all():
+            cleared: dict[str, Any] = {
+                "updated_at": now,
+                "lease_owner": None,
+                "lease_expires_at": None,
+            }
+            reason = (
+                f"worker {job.lease_owner} stopped heartbeating; its lease expired at "
+                f"{job.lease_expires_at.isoformat() if job.lease_expires_at else '?'}"
             )
-            .values(**values)
-        )
-        changed += _rowcount(result)
-        if _rowcount(result) == 1 and values["status"] != "queued":
-            webhooks.enqueue(session, job.id)
-    session.commit()
+            if job.cancel_requested:
+                values = {"status": JobStatus.CANCELLED, "finished_at": now, **cleared}
+            elif job.attempts >= job.max_attempts:
+                reason = f"gave up after {job.attempts} attempts: {reason}"
+                values = {
+                    "status": JobStatus.FAILED,
+                    "finished_at": now,
+                    "error": reason,
+                    **cleared,
+                }
+            else:
+                values = {
+                    "status": JobStatus.QUEUED,
+                    "error": f"attempt {job.attempts}: {reason}",
+                    **cleared,
+                }
+            # Guarded on the lease we saw: a heartbeat that renewed it meanwhile wins.
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.status == JobStatus.RUNNING,
+                    Job.lease_owner == job.lease_owner,
+                    Job.lease_expires_at < now,
+                )
+                .values(**values)
+            )
+            changed += _rowcount(result)
+            if _rowcount(result) == 1 and values["status"] != JobStatus.QUEUED:
+                _ended(session, job.id)
     return changed

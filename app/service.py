@@ -1,8 +1,9 @@
 """What the HTTP API does, one keyword-only function per endpoint; routes only parse and return.
 
-Writes (create, cancel) go through app.queue, the one home of job state changes; the reads the
-API alone needs (pages of jobs, a job's probes) are here. Functions raise ProblemError for
-anything the client can act on.
+All job SQL lives here and in app.queue: the queue changes a job's state (and reads what a worker
+needs of its own job); every other read of jobs, their probes and recommendations is here,
+including what the plots (`plot_data`) and GET /metrics (`job_stats`) show. Functions raise
+ProblemError for anything the client can act on.
 """
 
 from __future__ import annotations
@@ -10,25 +11,31 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import and_, or_, select, text
+from sqlalchemy import Float, and_, case, cast, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from app import queue
+from app import queue, webhooks
 from app.config import Settings
 from app.errors import ProblemError
 from app.limits import check_spec
-from app.models import TERMINAL_STATUSES, Job, Probe
+from app.models import Job, Probe
+from app.plots import PlotData
+from app.queue import transaction
 from app.schemas import (
+    TERMINAL_STATUSES,
     JobLinks,
     JobOut,
     JobPage,
     JobStatus,
     ProbeList,
+    ProbeOrder,
     ProbeOut,
     Progress,
+    Recommendation,
     RecommendationSpec,
 )
 
@@ -82,6 +89,7 @@ def submit(
     idempotency_key: str | None,
 ) -> tuple[JobOut, bool]:
     """Check the spec against this server's limits and queue it; (job, created)."""
+    webhooks.check_callback_url(spec.callback_url, settings)
     if idempotency_key is not None and not (
         0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
         and all(33 <= ord(c) <= 126 for c in idempotency_key)
@@ -173,10 +181,10 @@ def list_jobs(
         query = query.where(
             or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
         )
-    rows = session.scalars(
-        query.order_by(Job.created_at.desc(), Job.id.desc()).limit(page_size + 1)
-    ).all()
-    session.commit()
+    with transaction(session):
+        rows = session.scalars(
+            query.order_by(Job.created_at.desc(), Job.id.desc()).limit(page_size + 1)
+        ).all()
     jobs = [job_out(job) for job in rows[:page_size]]
     next_token = None
     if len(rows) > page_size:
@@ -196,7 +204,7 @@ def cancel_job(session: Session, *, job_id: str, tenant: str) -> JobOut:
     if job is None:
         raise _not_found(job_id)
     # The job may have finished between the read and the cancel; it keeps its outcome.
-    if job.status in ("succeeded", "failed"):
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise _already_finished(job_id, job.status)
     return job_out(job)
 
@@ -210,13 +218,13 @@ def _already_finished(job_id: str, status: str) -> ProblemError:
     )
 
 
-def get_recommendation(session: Session, *, job_id: str, tenant: str) -> dict[str, Any]:
+def get_recommendation(session: Session, *, job_id: str, tenant: str) -> Recommendation:
     job = queue.get_job(session, job_id, tenant)
     if job is None:
         raise _not_found(job_id)
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         detail = f"job {job_id} is {job.status}"
-        if job.status in ("queued", "running"):
+        if job.status not in TERMINAL_STATUSES:
             detail += f"; poll GET /v1/jobs/{job_id} until it has succeeded"
         elif job.error:
             detail += f": {job.error}"
@@ -229,20 +237,21 @@ def get_recommendation(session: Session, *, job_id: str, tenant: str) -> dict[st
             f"job {job_id} has no stored result",
             "recommendation-lost",
         )
-    return result
+    return Recommendation.model_validate(result)
 
 
 def get_probes(session: Session, *, job_id: str, tenant: str) -> ProbeList:
     if queue.get_job(session, job_id, tenant) is None:
         raise _not_found(job_id)
-    rows = session.scalars(
-        select(Probe).where(Probe.job_id == job_id).order_by(Probe.created_at, Probe.id)
-    ).all()
-    session.commit()
+    with transaction(session):
+        rows = session.scalars(
+            select(Probe).where(Probe.job_id == job_id).order_by(Probe.created_at, Probe.id)
+        ).all()
     probes = []
     for probe in rows:
         result = dict(probe.result or {})
         records = result.pop("records", [])
+        order = result.pop("order", None)
         probes.append(
             ProbeOut(
                 key=probe.key,
@@ -252,9 +261,91 @@ def get_probes(session: Session, *, job_id: str, tenant: str) -> ProbeList:
                 created_at=probe.created_at,
                 records=records if isinstance(records, list) else [],
                 summary=result,
+                order=ProbeOrder.model_validate(order) if isinstance(order, dict) else None,
             )
         )
     return ProbeList(job_id=job_id, probes=probes)
+
+
+def plot_data(session: Session, *, job_id: str, tenant: str) -> PlotData:
+    """The job's spec, probes and recommendation, for app.plots (404 problem for another
+    tenant's job)."""
+    job = get_job(session, job_id=job_id, tenant=tenant)
+    probes = get_probes(session, job_id=job_id, tenant=tenant).probes
+    stored = (
+        queue.get_recommendation(session, job_id) if job.status == JobStatus.SUCCEEDED else None
+    )
+    recommendation = None if stored is None else Recommendation.model_validate(stored)
+    return PlotData(job.id, job.status, probes, recommendation)
+
+
+@dataclass(frozen=True)
+class JobStats:
+    """Jobs and probes as GET /metrics reports them (app.metrics), over every tenant."""
+
+    counts: dict[JobStatus, int]  # jobs by status; a status without jobs is absent
+    # Finished jobs: seconds from first start to end, by final status (every terminal one).
+    durations: dict[JobStatus, list[float]]
+    probe_count: int
+    probe_seconds: float  # summed over every stored probe
+    probe_buckets: list[int]  # probes that took at most each of the buckets' bounds
+    # Training samples per second (steps·batch_size/seconds) of the newest probes that say.
+    throughput: list[float]
+    newest_heartbeat: datetime | None  # of any running job
+
+
+def job_stats(session: Session, *, buckets: Sequence[float], newest_probes: int) -> JobStats:
+    """A few aggregate queries, plus one row per finished job for the durations (timestamp
+    differences, which SQLite and PostgreSQL spell differently; reading two columns keeps the
+    query portable)."""
+    with transaction(session):
+        counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        finished = session.execute(
+            select(Job.status, Job.started_at, Job.finished_at).where(
+                Job.status.in_(TERMINAL_STATUSES),
+                Job.started_at.is_not(None),
+                Job.finished_at.is_not(None),
+            )
+        ).all()
+        # Bucket counts in SQL: one row, however many probes there are.
+        bucket_columns = [
+            func.coalesce(func.sum(case((Probe.seconds <= le, 1), else_=0)), 0) for le in buckets
+        ]
+        probes = session.execute(
+            select(func.count(), func.coalesce(func.sum(Probe.seconds), 0.0), *bucket_columns)
+        ).one()
+        newest = session.execute(
+            select(
+                Probe.seconds,
+                cast(Probe.config["batch_size"].as_float(), Float),
+                cast(Probe.result["steps_done"].as_float(), Float),
+            )
+            .order_by(Probe.id.desc())
+            .limit(newest_probes)
+        ).all()
+        newest_beat = session.execute(
+            select(func.max(Job.heartbeat_at)).where(Job.status == JobStatus.RUNNING)
+        ).scalar_one_or_none()
+    durations: dict[JobStatus, list[float]] = {s: [] for s in JobStatus if s in TERMINAL_STATUSES}
+    for status, started, ended in finished:
+        if started is not None and ended is not None:  # filtered in SQL; typed as optional
+            durations[status].append(max(0.0, (ended - started).total_seconds()))
+    if newest_beat is not None and newest_beat.tzinfo is None:
+        # func.max bypasses the column type on SQLite: the value comes back naive UTC.
+        newest_beat = newest_beat.replace(tzinfo=UTC)
+    return JobStats(
+        counts=counts,
+        durations=durations,
+        probe_count=int(probes[0]),
+        probe_seconds=float(probes[1]),
+        probe_buckets=[int(n) for n in probes[2:]],
+        throughput=[
+            steps * batch / seconds
+            for seconds, batch, steps in newest
+            if seconds and seconds > 0 and batch is not None and steps is not None
+        ],
+        newest_heartbeat=newest_beat,
+    )
 
 
 def check_database(session: Session) -> None:

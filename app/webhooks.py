@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import auth
 from app.config import Settings
 from app.errors import ProblemError
-from app.models import Job, WebhookDelivery, utcnow
+from app.models import WebhookDelivery, utcnow
 
 logger = logging.getLogger("edgetune.webhooks")
 
@@ -135,17 +135,19 @@ def resolve_checked(host: str, port: int, *, allow_private: bool) -> list[str]:
     return list(dict.fromkeys(str(a) for a in addresses))
 
 
-def enqueue(session: Session, job_id: str) -> None:
-    """Queue the job's end event if it has a callback_url. Called by app.queue inside the
-    transaction that ended the job; does not commit."""
-    row = session.execute(
-        select(Job.status, Job.tenant, Job.spec, Job.error, Job.finished_at).where(Job.id == job_id)
-    ).one_or_none()
-    if row is None:
-        return
-    status, tenant, spec, error, finished_at = row
-    url = (spec or {}).get("callback_url")
-    if not url:
+def enqueue(
+    session: Session,
+    job_id: str,
+    *,
+    status: str,
+    tenant: str,
+    callback_url: str | None,
+    error: str | None,
+    finished_at: datetime | None,
+) -> None:
+    """Queue the job's end event if it has a callback_url. Called by app.queue, with the ended
+    job's row, inside the transaction that ended the job; does not commit."""
+    if not callback_url:
         return
     now = utcnow()
     event = f"job.{status}"
@@ -170,7 +172,7 @@ def enqueue(session: Session, job_id: str) -> None:
             tenant=tenant,
             event=event,
             payload=payload,
-            url=url,
+            url=callback_url,
             status="pending",
             attempts=0,
             next_attempt_at=now,

@@ -5,7 +5,7 @@ Compares, at B = 32 and a 20-epoch budget on real Fashion-MNIST (test set):
 - saturating: (η 0.038, α 0.9, weight_decay 1e-4 = k/(2S), the simple theory's edge decay),
   ~4× the effective learning rate so the relaxation gets close to the edge in time;
 - in between: (η 0.02, α 0.9, weight_decay 5e-5).
-The recommendation engine's default strategy (worker/recommend.py, choose_config) follows it.
+The recommendation engine's default strategy (worker/law.py, choose_config) follows it.
 
     python benchmarks/decay_strategy.py [--epochs 20] [--out FILE.json]
 """
@@ -22,8 +22,8 @@ import torch
 
 from app.schemas import RecommendationSpec
 from worker.data import load_dataset
+from worker.law import order_series
 from worker.probe import ProbeConfig, cpu_model, init_model, pick_device, run_population
-from worker.recommend import order_series
 
 CONFIGS = [(0.01, 0.9, 0.0), (0.038, 0.9, 1e-4), (0.02, 0.9, 5e-5)]
 

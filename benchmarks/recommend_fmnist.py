@@ -3,8 +3,8 @@
 Issue 3's acceptance benchmark, on Fashion-MNIST with the paper's model (`MLPSpec()`), a budget of
 20 epochs, probe_fraction 1.0, and momentum, batch size, learning rate and weight decay all free:
 
-1. edgetune: the real pipeline exactly as the service runs it (`plan_probes` → `run_group` per
-   group → `recommend`) on the default dataset spec (validation carved from the training set).
+1. edgetune: the real pipeline exactly as the service runs it (`worker.recommend.run`: plan →
+   probes per group → fits) on the default dataset spec (validation carved from the training set).
    Probe compute in full-run units = Σ over probes of steps_done·batch_size / (epochs·train_size).
 2. verification: the recommended configuration trained for its recommended epochs with `--seeds`
    seeds as ONE population, each evaluated on the 10k test set. Target: mean ≥ 0.878 with probe
@@ -42,9 +42,11 @@ import optuna
 import torch
 
 from app.schemas import BudgetSpec, DatasetSpec, MLPSpec, ModelSpec, RecommendationSpec
+from worker import recommend
 from worker.data import Dataset, load_dataset
+from worker.law import order_series
+from worker.plan import PlannedProbe
 from worker.probe import ProbeConfig, ProbeResult, cpu_model, init_model, run_population
-from worker.recommend import order_series, plan_probes, recommend, run_group
 
 REPO = Path(__file__).resolve().parents[1]
 # Issue 3's acceptance line and the measured grid it quotes (shared/docs/science.md §3).
@@ -107,26 +109,31 @@ def run_units(result: ProbeResult, epochs: float, train_size: int) -> float:
 def part_edgetune(
     spec: RecommendationSpec, dataset: Dataset, device: torch.device
 ) -> dict[str, Any]:
-    """plan_probes → run_group per group → recommend, as worker/main.py does."""
-    start = time.perf_counter()
-    plan = plan_probes(spec, dataset)
+    """The engine's one entry point (worker.recommend.run), as worker/main.py calls it."""
+    plans: list[list[PlannedProbe]] = []
     results: dict[str, ProbeResult] = {}
-    for group_id in sorted({p.group for p in plan}):
-        group = [p for p in plan if p.group == group_id]
-        for probe, result in zip(
-            group, run_group(spec, dataset, group, device=device), strict=True
-        ):
-            results[probe.key] = result
-    probe_wall = time.perf_counter() - start
-    cost = {
-        "device": str(device),
-        "probe_seconds": sum(r.seconds for r in results.values()),
-        "probe_steps": sum(r.steps_done for r in results.values()),
-        "attempts": 1,
-    }
-    fit_start = time.perf_counter()
-    recommendation = recommend(spec, dataset, plan, results, device=device, cost=cost)
-    fit_wall = time.perf_counter() - fit_start
+    fitting_at: list[float] = []
+
+    def on_progress(progress: recommend.Progress) -> bool:
+        if progress.phase == "fitting" and not fitting_at:
+            fitting_at.append(time.perf_counter())
+        return True
+
+    start = time.perf_counter()
+    rec = recommend.run(
+        spec,
+        dataset,
+        device=device,
+        on_plan=plans.append,
+        on_probe=lambda probe, result: results.__setitem__(probe.key, result),
+        on_progress=on_progress,
+    )
+    end = time.perf_counter()
+    assert rec is not None  # nothing halts it here
+    recommendation = rec.model_dump(mode="json")
+    (plan,) = plans
+    probe_wall = fitting_at[0] - start
+    fit_wall = end - fitting_at[0]
     epochs = spec.budget.epochs
     probes = []
     for p in plan:

@@ -48,9 +48,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.schemas import DatasetSpec, MLPSpec
+from app.schemas import EDGE, DatasetSpec, MLPSpec
 from worker import fit
 from worker.data import Dataset, load_dataset
+from worker.law import order_series
 from worker.probe import (
     ProbeConfig,
     ProbeProgress,
@@ -59,11 +60,9 @@ from worker.probe import (
     cpu_model,
     run_population,
 )
-from worker.recommend import order_series
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = MLPSpec()  # the paper's network
-EDGE = 1.0
 SEED = 0  # one seed for every config: the same initial W, as in a grid of single runs
 MEASURES_PER_EPOCH = 20
 LOAD_SAMPLE_SECONDS = 15.0

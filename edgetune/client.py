@@ -2,9 +2,9 @@
 
 A spec goes in as a RecommendationSpec, a dict, or the path of a YAML/JSON file; it is validated
 here first, so a typo fails before anything is sent. Jobs come back as `JobOut`, probes as
-`ProbeList`; the recommendation is the service's JSON document (a dict). Every HTTP error is a
-`ProblemError` carrying the server's RFC 9457 fields; waiting ends in the recommendation, or in
-`JobFailed`, `JobCancelled` or `WaitTimeout`.
+`ProbeList`, the recommendation as `Recommendation`. Every HTTP error is a
+`ProblemError` carrying the server's RFC 9457 fields; waiting ends in the recommendation (a typed
+`Recommendation`), or in `JobFailed`, `JobCancelled` or `WaitTimeout`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from email.utils import parsedate_to_datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,10 +24,18 @@ from typing import Any, Literal, overload
 import httpx
 import yaml
 
-from edgetune.schemas import JobOut, JobStatus, ProbeList, RecommendationSpec
+from edgetune.schemas import (
+    TERMINAL_STATUSES,
+    JobOut,
+    JobPage,
+    JobStatus,
+    PlotName,
+    ProbeList,
+    Recommendation,
+    RecommendationSpec,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = ("succeeded", "failed", "cancelled")
 # Statuses worth polling through while waiting: the server or a proxy is briefly unavailable.
 TRANSIENT_STATUSES = (429, 502, 503, 504)
 # Longest pause between two polls of a job, whatever the backoff reached or the server asked.
@@ -38,6 +46,8 @@ BACKOFF_FACTOR = 1.5
 JITTER = 0.2
 
 Spec = RecommendationSpec | Mapping[str, Any] | str | os.PathLike[str]
+# Called with the job at every poll while waiting (a progress bar, a log line).
+OnProgress = Callable[[JobOut], None]
 
 
 class EdgetuneError(Exception):
@@ -132,6 +142,12 @@ def load_spec(spec: Spec) -> RecommendationSpec:
     return RecommendationSpec.model_validate(data)
 
 
+def _body(spec: Spec, check: bool) -> Any:
+    if not check and isinstance(spec, Mapping):
+        return dict(spec)
+    return load_spec(spec).model_dump(mode="json")
+
+
 def _version() -> str:
     try:
         return version("edgetune")
@@ -181,16 +197,19 @@ class Backoff:
     """Pauses between polls: start at `poll`, grow ×1.5 up to 15 s, jittered ±20 %, never
     shorter than a Retry-After the server sent, never past the deadline."""
 
-    def __init__(self, poll: float, deadline: float | None) -> None:
+    def __init__(
+        self, poll: float, deadline: float | None, longest: float = MAX_POLL_SECONDS
+    ) -> None:
         self.delay = poll
         self.deadline = deadline
+        self.longest = longest
 
     def next(self, server_hint: float | None) -> float:
         pause = self.delay * random.uniform(1 - JITTER, 1 + JITTER)
         if server_hint is not None:
             pause = max(pause, server_hint)
-        pause = min(pause, MAX_POLL_SECONDS)
-        self.delay = min(self.delay * BACKOFF_FACTOR, MAX_POLL_SECONDS)
+        pause = min(pause, self.longest)
+        self.delay = min(self.delay * BACKOFF_FACTOR, self.longest)
         if self.deadline is not None:
             pause = min(pause, max(0.0, self.deadline - time.monotonic()))
         return pause
@@ -215,7 +234,7 @@ def _hint(exc: EdgetuneError) -> float | None:
 
 
 def _list_params(
-    status: JobStatus | None, page_size: int | None, token: str | None
+    status: JobStatus | str | None, page_size: int | None, token: str | None
 ) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if status is not None:
@@ -270,10 +289,14 @@ class Client:
             raise Unreachable(f"cannot reach the edgetune server at {self.url}: {exc}") from exc
         return _checked(response)
 
-    def submit(self, spec: Spec, idempotency_key: str | None = None) -> JobOut:
-        """Queue a job; the same `idempotency_key` with the same spec returns the same job."""
+    def submit(
+        self, spec: Spec, idempotency_key: str | None = None, *, check: bool = True
+    ) -> JobOut:
+        """Queue a job; the same `idempotency_key` with the same spec returns the same job.
+        check=False sends a mapping as it is and leaves validation to the server (whose
+        version may be newer than this client's)."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = load_spec(spec).model_dump(mode="json")
+        body = _body(spec, check)
         response = self._request("POST", "/v1/recommendations", json=body, headers=headers)
         return JobOut.model_validate(response.json())
 
@@ -281,7 +304,7 @@ class Client:
         return JobOut.model_validate(self._request("GET", f"/v1/jobs/{job_id}").json())
 
     def jobs(
-        self, status: JobStatus | None = None, page_size: int | None = None
+        self, status: JobStatus | str | None = None, page_size: int | None = None
     ) -> Iterator[JobOut]:
         """Every job, newest first, fetching pages of `page_size` as the iteration goes."""
         token: str | None = None
@@ -294,25 +317,44 @@ class Client:
             if not token:
                 return
 
+    def page(
+        self,
+        status: JobStatus | str | None = None,
+        page_size: int | None = None,
+        page_token: str | None = None,
+    ) -> JobPage:
+        """One page of jobs, newest first; pass its next_page_token for the next one."""
+        params = _list_params(status, page_size, page_token)
+        return JobPage.model_validate(self._request("GET", "/v1/jobs", params=params).json())
+
     def cancel(self, job_id: str) -> JobOut:
         return JobOut.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
 
-    def recommendation(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", f"/v1/jobs/{job_id}/recommendation").json()
-        return result
+    def recommendation(self, job_id: str) -> Recommendation:
+        response = self._request("GET", f"/v1/jobs/{job_id}/recommendation")
+        return Recommendation.model_validate(response.json())
 
     def probes(self, job_id: str) -> ProbeList:
         return ProbeList.model_validate(self._request("GET", f"/v1/jobs/{job_id}/probes").json())
 
-    def plot(self, job_id: str, name: str, format: Literal["png", "svg"] = "png") -> bytes:
+    def plot(self, job_id: str, name: PlotName, format: Literal["png", "svg"] = "png") -> bytes:
         """One of the job's plots (order, collapse, growth, trajectory) as PNG or SVG bytes."""
         return self._request("GET", _plot_path(job_id, name, format)).content
 
-    def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0) -> JobOut:
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        poll: float = 1.0,
+        *,
+        on_progress: OnProgress | None = None,
+        max_poll: float = MAX_POLL_SECONDS,
+    ) -> JobOut:
         """Poll until the job ends: the succeeded job, else JobFailed / JobCancelled /
-        WaitTimeout. Polls back off exponentially (with jitter) and honour Retry-After;
-        brief outages (connection errors, 429, 502–504) are polled through."""
-        backoff = Backoff(poll, _deadline(timeout))
+        WaitTimeout. Polls back off exponentially up to `max_poll` s (with jitter) and honour
+        Retry-After; brief outages (connection errors, 429, 502–504) are polled through.
+        `on_progress(job)` is called with every polled state, the last one included."""
+        backoff = Backoff(poll, _deadline(timeout), max_poll)
         while True:
             try:
                 response = self._request("GET", f"/v1/jobs/{job_id}")
@@ -322,7 +364,9 @@ class Client:
                 time.sleep(backoff.next(_hint(exc)))
                 continue
             job = JobOut.model_validate(response.json())
-            if job.status in TERMINAL:
+            if on_progress is not None:
+                on_progress(job)
+            if job.status in TERMINAL_STATUSES:
                 return _finished(job)
             if backoff.expired():
                 raise WaitTimeout(job, timeout or 0.0)
@@ -335,7 +379,7 @@ class Client:
         wait: Literal[True] = True,
         timeout: float | None = None,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]: ...
+    ) -> Recommendation: ...
 
     @overload
     def recommend(
@@ -352,7 +396,7 @@ class Client:
         wait: bool = True,
         timeout: float | None = None,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any] | JobOut:
+    ) -> Recommendation | JobOut:
         """Submit the spec and (by default) wait for its recommendation; wait=False returns the
         queued job."""
         job = self.submit(spec, idempotency_key=idempotency_key)
@@ -400,9 +444,11 @@ class AsyncClient:
             raise Unreachable(f"cannot reach the edgetune server at {self.url}: {exc}") from exc
         return _checked(response)
 
-    async def submit(self, spec: Spec, idempotency_key: str | None = None) -> JobOut:
+    async def submit(
+        self, spec: Spec, idempotency_key: str | None = None, *, check: bool = True
+    ) -> JobOut:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = load_spec(spec).model_dump(mode="json")
+        body = _body(spec, check)
         response = await self._request("POST", "/v1/recommendations", json=body, headers=headers)
         return JobOut.model_validate(response.json())
 
@@ -410,7 +456,7 @@ class AsyncClient:
         return JobOut.model_validate((await self._request("GET", f"/v1/jobs/{job_id}")).json())
 
     async def jobs(
-        self, status: JobStatus | None = None, page_size: int | None = None
+        self, status: JobStatus | str | None = None, page_size: int | None = None
     ) -> AsyncIterator[JobOut]:
         token: str | None = None
         while True:
@@ -426,20 +472,29 @@ class AsyncClient:
         response = await self._request("POST", f"/v1/jobs/{job_id}/cancel")
         return JobOut.model_validate(response.json())
 
-    async def recommendation(self, job_id: str) -> dict[str, Any]:
+    async def recommendation(self, job_id: str) -> Recommendation:
         response = await self._request("GET", f"/v1/jobs/{job_id}/recommendation")
-        result: dict[str, Any] = response.json()
-        return result
+        return Recommendation.model_validate(response.json())
 
     async def probes(self, job_id: str) -> ProbeList:
         response = await self._request("GET", f"/v1/jobs/{job_id}/probes")
         return ProbeList.model_validate(response.json())
 
-    async def plot(self, job_id: str, name: str, format: Literal["png", "svg"] = "png") -> bytes:
+    async def plot(
+        self, job_id: str, name: PlotName, format: Literal["png", "svg"] = "png"
+    ) -> bytes:
         return (await self._request("GET", _plot_path(job_id, name, format))).content
 
-    async def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0) -> JobOut:
-        backoff = Backoff(poll, _deadline(timeout))
+    async def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        poll: float = 1.0,
+        *,
+        on_progress: OnProgress | None = None,
+        max_poll: float = MAX_POLL_SECONDS,
+    ) -> JobOut:
+        backoff = Backoff(poll, _deadline(timeout), max_poll)
         while True:
             try:
                 response = await self._request("GET", f"/v1/jobs/{job_id}")
@@ -449,7 +504,9 @@ class AsyncClient:
                 await asyncio.sleep(backoff.next(_hint(exc)))
                 continue
             job = JobOut.model_validate(response.json())
-            if job.status in TERMINAL:
+            if on_progress is not None:
+                on_progress(job)
+            if job.status in TERMINAL_STATUSES:
                 return _finished(job)
             if backoff.expired():
                 raise WaitTimeout(job, timeout or 0.0)
@@ -462,7 +519,7 @@ class AsyncClient:
         wait: Literal[True] = True,
         timeout: float | None = None,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]: ...
+    ) -> Recommendation: ...
 
     @overload
     async def recommend(
@@ -479,7 +536,7 @@ class AsyncClient:
         wait: bool = True,
         timeout: float | None = None,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any] | JobOut:
+    ) -> Recommendation | JobOut:
         job = await self.submit(spec, idempotency_key=idempotency_key)
         if not wait:
             return job

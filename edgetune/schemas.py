@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -165,7 +166,22 @@ class RecommendationSpec(Strict):
 # ---------------------------------------------------------------------------------------------
 # Responses of the HTTP API (app/routes.py). Built from ORM rows by app/service.py.
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+class JobStatus(StrEnum):
+    """queued → running → succeeded | failed | cancelled; a lease that expires puts a running job
+    back to queued. The values are the strings the API sends and the database stores."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# A job in one of these states never changes again.
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
 
 
 class Progress(BaseModel):
@@ -215,8 +231,10 @@ class ProbeOut(BaseModel):
     # The measurement time series (step, epoch, per-layer order parameters, loss, accuracy), as the
     # probe engine recorded it.
     records: list[dict[str, Any]]
-    # The rest of the probe's stored result (summary numbers), without `records`.
+    # The rest of the probe's stored result (summary numbers), without `records` and `order`.
     summary: dict[str, Any]
+    # The order-parameter series the fits read (null for probes stored before it was recorded).
+    order: ProbeOrder | None = None
 
 
 class ProbeList(BaseModel):
@@ -269,5 +287,244 @@ __all__ = [
     "Progress",
     "RecommendationSpec",
     "Strict",
+    "TERMINAL_STATUSES",
     "TorchvisionSpec",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The product: GET /v1/jobs/{id}/recommendation. The worker's engine builds these models; the
+# route declares them (so OpenAPI documents every field), the client returns them and the plots
+# read them. Numbers that a fit leaves unbounded (±inf) or undefined (NaN) are null.
+
+OrderKind = Literal["J2", "chi"]
+
+
+class Estimate(BaseModel):
+    """A fitted value with its standard error and 95 % interval (null bound: unbounded)."""
+
+    value: float | None
+    se: float | None = None
+    low: float | None = None
+    high: float | None = None
+
+
+class OrderParameter(BaseModel):
+    """Which order parameter the recommendation steers (the edge of chaos is at 1)."""
+
+    name: OrderKind
+    description: str
+
+
+class Trajectory(BaseModel):
+    epoch: list[float]
+    value: list[float]
+
+
+class GrowthFit(BaseModel):
+    """Linear growth y = y0 + A·t of one probe's order parameter over [t_start, t_end] epochs."""
+
+    A: Estimate
+    y0: Estimate
+    r2: float | None
+    n: int
+    t_start: float
+    t_end: float
+    slope_change: float | None
+    curvature_p: float | None
+    lag1: float | None
+    linear: bool
+    chaotic: bool
+    crossed_edge: bool
+    warnings: list[str] = []
+
+
+class ExponentFit(BaseModel):
+    knob: Literal["eta", "batch", "momentum"]
+    value: Estimate
+    fitted: bool  # False: the knob did not vary; the theory's exponent 1 is assumed
+
+
+class ScalingFit(BaseModel):
+    """A = k·η^a·(1/B)^b·(1/(1−α))^c over the growth probes; k_theory has every exponent = 1."""
+
+    k: Estimate
+    exponents: list[ExponentFit]
+    k_theory: Estimate
+    theory_consistent: bool
+    r2: float | None
+    n: int
+    dof: int
+    weighted: bool
+    log_cov: list[list[float | None]]
+    q: float | None
+    theory_log_var: float | None
+    theory_q: float | None
+    warnings: list[str] = []
+
+
+class DecayFit(BaseModel):
+    """y(t) = y_eq + (y0 − y_eq)·e^(−D·(t − t0)) fitted to a probe trained with weight decay."""
+
+    A: Estimate
+    D: Estimate
+    y0: Estimate
+    y_eq: Estimate
+    t0: float
+    r2: float | None
+    n: int
+    A_fitted: bool
+    warnings: list[str] = []
+
+
+class SaturatingDecay(BaseModel):
+    """The weight decay that would hold the order parameter at the edge past the budget."""
+
+    weight_decay: Estimate
+    paper_lambda: Estimate
+    decay_coefficient: Estimate
+    target: float
+    warnings: list[str] = []
+    note: str | None = None
+
+
+class ProbeGrowth(BaseModel):
+    """One growth probe as the fits saw it."""
+
+    key: str
+    learning_rate: float
+    momentum: float
+    batch_size: int
+    effective_rate: float | None = None  # η/((1−α)B), what the growth law depends on
+    growth: GrowthFit | None
+    note: str | None
+
+
+class SGDKwargs(BaseModel):
+    """`torch.optim.SGD(model.parameters(), **kwargs)`."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+
+
+class Hyperparameters(BaseModel):
+    learning_rate: float
+    momentum: float
+    batch_size: int
+    weight_decay: float
+    epochs: float
+    paper_lambda: float  # weight_decay / 2: the paper's λ in λ‖W‖²
+    effective_rate: float | None = None  # η/((1−α)B)
+    torch_sgd_kwargs: SGDKwargs
+
+
+class EdgeSummary(BaseModel):
+    """Where the recommended run stands relative to the edge of chaos, and the fits behind it."""
+
+    order_parameter: OrderParameter
+    initial: float | None = None
+    predicted_edge_epoch: float | None = None
+    predicted_final: float | None = None
+    predicted_trajectory: Trajectory | None = None
+    growth_rate_per_epoch: Estimate | None = None
+    decay_rate_per_epoch: float | None = None
+    k: Estimate | None = None
+    growth_law: str | None = None
+    scaling: ScalingFit | None = None
+    decay_fit: DecayFit | None = None
+    decay_coefficient: Estimate | None = None
+    saturating_weight_decay: SaturatingDecay | None = None
+    probes: list[ProbeGrowth] = []
+
+
+class Validity(BaseModel):
+    ok: bool
+    reason: str | None = None  # why there is no recommendation, when there is none
+    flags: dict[str, bool]
+    warnings: list[str]
+
+
+class Cost(BaseModel):
+    device: str
+    probe_seconds: float
+    probe_steps: int
+    attempts: int
+
+
+class VerificationTrajectory(BaseModel):
+    epoch: list[float]
+    measured: list[float]
+    predicted: list[float]
+
+
+class Verification(BaseModel):
+    """The recommended configuration trained for its epochs (spec `verify: true`)."""
+
+    outcome: str
+    reason: str | None
+    seconds: float
+    final_val_accuracy: float | None
+    final_val_loss: float | None
+    trajectory: VerificationTrajectory
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+
+
+class Recommendation(BaseModel):
+    """The result of a succeeded job. `hyperparameters` is null when the probes found no
+    configuration that reaches the edge; `validity.reason` then says why."""
+
+    hyperparameters: Hyperparameters | None
+    edge: EdgeSummary
+    validity: Validity
+    cost: Cost | None = None
+    seed: int | None = None
+    versions: dict[str, str] | None = None
+    device: str | None = None
+    verification: Verification | None = None
+
+
+class ProbeOrder(BaseModel):
+    """A probe's order-parameter series as the fits read it, stored by the worker beside the raw
+    records: the network summary per record, and each hidden layer's value."""
+
+    kind: OrderKind
+    effective_rate: float  # η/((1−α)B) of the probe
+    epoch: list[float]
+    value: list[float]
+    layers: list[list[float]]  # per record, per hidden layer (J² or χ_l)
+
+
+__all__ += [
+    "Cost",
+    "DecayFit",
+    "EdgeSummary",
+    "Estimate",
+    "ExponentFit",
+    "GrowthFit",
+    "Hyperparameters",
+    "OrderKind",
+    "OrderParameter",
+    "ProbeGrowth",
+    "ProbeOrder",
+    "Recommendation",
+    "SaturatingDecay",
+    "ScalingFit",
+    "SGDKwargs",
+    "Trajectory",
+    "Validity",
+    "Verification",
+    "VerificationTrajectory",
+]
+
+# GET /v1/jobs/{id}/plots/{name}: the plots of a job.
+PlotName = Literal["order", "collapse", "growth", "trajectory"]
+PLOT_NAMES: tuple[PlotName, ...] = ("order", "collapse", "growth", "trajectory")
+
+__all__ += ["PLOT_NAMES", "PlotName"]
+
+# Every order parameter the service reports is normalised so that the edge of chaos is at 1.
+EDGE = 1.0
+
+__all__ += ["EDGE"]

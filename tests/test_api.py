@@ -1,5 +1,5 @@
 """The HTTP API through real HTTP: uvicorn on a free loopback port, httpx as the client, on a real
-SQLite file and a real PostgreSQL database (tests/db.py), migrated by the real migrations.
+SQLite file and a real PostgreSQL database (tests/conftest.py), migrated by the real migrations.
 
 Jobs are driven through their states with the real queue functions (what a worker calls), and
 end to end by the real worker on a small synthetic dataset.
@@ -8,70 +8,24 @@ end to end by the real worker on a small synthetic dataset.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from sqlalchemy.orm import Session
 
 from app import queue
-from app.auth import create_key
 from app.config import Settings
 from app.db import DatabaseNotMigrated, make_engine, session_factory, upgrade
 from app.main import create_app
-
-pytest_plugins = ["tests.db"]
-
-PROBLEM = "application/problem+json"
-# A job the worker finishes in a few seconds on a CPU with a recommendation (not a "cannot tell"):
-# 512 Gaussian-mixture points, one hidden layer of 32, a 5-epoch budget, probes worth one run.
-SMALL_SPEC = {
-    "model": {"type": "mlp", "hidden": [32]},
-    "dataset": {"name": "synthetic", "synthetic_samples": 512, "synthetic_features": 16},
-    "budget": {"epochs": 5, "probe_fraction": 1.0},
-}
-
-
-@contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
-    """Serve create_app(settings) with uvicorn in a thread on a free port; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
-
-
-def api_key(settings: Settings, tenant: str = "default") -> dict[str, str]:
-    """Headers with a new API key of `tenant`, made by the real admin function (`keys create`)."""
-    engine = make_engine(settings)
-    try:
-        with session_factory(engine)() as session:
-            created = create_key(session, tenant=tenant, name="tests")
-    finally:
-        engine.dispose()
-    return {"X-API-Key": created.key}
+from app.schemas import EdgeSummary, OrderParameter, Recommendation, Validity
+from tests.db import admin_connect, pg_url, postgres_unavailable
+from tests.helpers import SMALL_SPEC, api_key, assert_problem, live_server
 
 
 def with_data_root(settings: Settings, root: Path) -> Settings:
@@ -104,17 +58,6 @@ def worker_session(api_settings: Settings) -> Iterator[Session]:
     engine.dispose()
 
 
-def assert_problem(response: httpx.Response, status: int, *, detail: str = "") -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status
-    assert body["type"] and body["title"]
-    assert detail.lower() in body["detail"].lower(), body
-    assert "Traceback" not in response.text
-    return body
-
-
 def submit(client: httpx.Client, spec: dict | None = None, **headers: str) -> httpx.Response:
     return client.post("/v1/recommendations", json=spec or SMALL_SPEC, headers=headers)
 
@@ -138,6 +81,33 @@ def test_health_openapi_and_docs(client: httpx.Client) -> None:
     assert "MLPSpec" in schemas and "hidden" in schemas["MLPSpec"]["properties"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_openapi_documents_the_recommendation_as_typed_properties(client: httpx.Client) -> None:
+    openapi = client.get("/openapi.json").json()
+    get = openapi["paths"]["/v1/jobs/{job_id}/recommendation"]["get"]
+    schema = get["responses"]["200"]["content"]["application/json"]["schema"]
+    assert schema["$ref"].endswith("/Recommendation")
+    schemas = openapi["components"]["schemas"]
+
+    def untyped(name: str) -> list[str]:
+        # A property that is an object of anything (`additionalProperties: true` or no schema).
+        found = []
+        for prop, spec in schemas[name].get("properties", {}).items():
+            for option in spec.get("anyOf", [spec]):
+                if option.get("type") == "object" and option.get("additionalProperties") in (
+                    None,
+                    True,
+                ):
+                    found.append(f"{name}.{prop}")
+        return found
+
+    for name in ("Recommendation", "Hyperparameters", "EdgeSummary", "Validity", "Cost",
+                 "Verification", "ProbeGrowth", "GrowthFit", "ScalingFit", "Estimate"):
+        assert name in schemas, name
+        assert not untyped(name), untyped(name)
+    hyper = schemas["Hyperparameters"]["properties"]
+    assert {"learning_rate", "momentum", "batch_size", "weight_decay", "epochs"} <= set(hyper)
 
 
 def test_post_returns_202_with_location_and_the_job(client: httpx.Client) -> None:
@@ -290,7 +260,12 @@ def test_recommendation_is_409_until_the_job_succeeded(
     assert job["progress"] == progress
     assert_problem(client.get(url), 409, detail="running")
 
-    result = {"hyperparameters": {"learning_rate": 0.01, "momentum": 0.9}, "edge": {"k": 11.2}}
+    # The smallest valid result: the route serves the stored document as a typed Recommendation.
+    result = Recommendation(
+        hyperparameters=None,
+        edge=EdgeSummary(order_parameter=OrderParameter(name="J2", description="J²")),
+        validity=Validity(ok=False, reason="none", flags={}, warnings=[]),
+    ).model_dump(mode="json")
     assert queue.complete(worker_session, job_id, worker_id="w1", result=result)
     response = client.get(url)
     assert response.status_code == 200 and response.json() == result
@@ -412,10 +387,8 @@ def test_an_unmigrated_database_is_refused(tmp_path: Path) -> None:
 @pytest.fixture
 def scratch_pg(tmp_path: Path) -> Iterator[tuple[Settings, str]]:
     """A PostgreSQL database of this test's own (the test drops it under the running server)."""
-    from tests.db import _admin_connect, pg_url, postgres_unavailable
-
     try:
-        admin = _admin_connect()
+        admin = admin_connect()
     except psycopg.OperationalError as exc:
         postgres_unavailable(str(exc).strip())
     name = f"edgetune_h5_{uuid.uuid4().hex[:10]}"
@@ -424,21 +397,19 @@ def scratch_pg(tmp_path: Path) -> Iterator[tuple[Settings, str]]:
     settings = Settings(database_url=pg_url(name), data_dir=tmp_path, data_root=str(tmp_path))
     upgrade(settings)
     yield settings, name
-    with _admin_connect() as admin:
+    with admin_connect() as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_database_loss_is_503_on_readyz_and_500_without_traceback(
     scratch_pg: tuple[Settings, str],
 ) -> None:
-    from tests.db import _admin_connect
-
     settings, name = scratch_pg
     headers = api_key(settings)
     with live_server(settings) as url, httpx.Client(base_url=url, headers=headers) as client:
         assert client.get("/readyz").status_code == 200
         assert client.get("/v1/jobs").status_code == 200
-        with _admin_connect() as admin:
+        with admin_connect() as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         assert_problem(client.get("/readyz"), 503, detail="database")
         assert client.get("/livez").status_code == 200  # alive, just not ready

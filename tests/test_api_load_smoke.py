@@ -9,10 +9,7 @@ from pathlib import Path
 
 from app.config import Settings
 from benchmarks import api_load
-from tests.test_api import SMALL_SPEC, live_server
-from tests.test_auth import new_key
-
-pytest_plugins = ["tests.db"]
+from tests.helpers import SMALL_SPEC, live_server, new_key
 
 
 def test_lean_client_reads_what_the_api_sends(sqlite_settings: Settings) -> None:

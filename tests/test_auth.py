@@ -23,21 +23,10 @@ from app.auth import AuthConfigError, create_key, list_keys, revoke_key
 from app.config import Settings
 from app.db import make_engine, session_factory
 from app.main import create_app
-from tests.test_api import SMALL_SPEC, assert_problem, live_server
-
-pytest_plugins = ["tests.db"]
+from tests.helpers import SMALL_SPEC, assert_problem, live_server, new_key
 
 REPO = Path(__file__).resolve().parents[1]
 EDGETUNE = str(Path(sys.executable).with_name("edgetune"))
-
-
-def new_key(settings: Settings, tenant: str) -> str:
-    engine = make_engine(settings)
-    try:
-        with session_factory(engine)() as session:
-            return create_key(session, tenant=tenant, name="test").key
-    finally:
-        engine.dispose()
 
 
 def test_tenants_see_only_their_own_jobs(db_settings: Settings) -> None:

@@ -22,9 +22,8 @@ from app.db import upgrade
 from app.limits import parameter_count
 from app.schemas import RecommendationSpec
 from app.torchvision_models import TORCHVISION_NAMES, torchvision_parameters
-from tests.test_api import SMALL_SPEC, api_key, assert_problem, live_server
-
-pytest_plugins = ["tests.db"]
+from tests.db import empty_postgres
+from tests.helpers import SMALL_SPEC, api_key, assert_problem, live_server
 
 MB = 1_000_000
 JSON = {"content-type": "application/json"}
@@ -297,10 +296,8 @@ def client(
         settings = Settings(database_url=f"sqlite:///{folder / 'edgetune.db'}", data_dir=folder)
         upgrade(settings)
     else:
-        from tests.db import _empty_postgres
-
         url = request.getfixturevalue("pg_database")
-        _empty_postgres(url)
+        empty_postgres(url)
         settings = Settings(database_url=url, data_dir=tmp_path_factory.mktemp("pg"))
     settings = settings.model_copy(update={"data_root": str(data_root)})
     headers = api_key(settings)

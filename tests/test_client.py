@@ -36,7 +36,8 @@ from edgetune import (
     WaitTimeout,
 )
 from edgetune.client import MAX_POLL_SECONDS, Backoff, retry_after
-from tests.test_api import SMALL_SPEC, api_key, live_server
+from edgetune.schemas import Recommendation
+from tests.helpers import SMALL_SPEC, api_key, live_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,9 +119,11 @@ def test_sync_client_runs_a_job_to_its_recommendation(url: str, key: str, worker
         done = client.wait(job.id, timeout=60, poll=0.1)
         assert done.status == "succeeded" and done.progress.fraction == 1.0
         result = client.recommendation(job.id)
-        hyper = result["hyperparameters"]
-        assert hyper["learning_rate"] > 0 and hyper["batch_size"] >= 1
-        assert set(hyper["torch_sgd_kwargs"]) == {"lr", "momentum", "weight_decay"}
+        assert isinstance(result, Recommendation)
+        hyper = result.hyperparameters
+        assert hyper is not None
+        assert hyper.learning_rate > 0 and hyper.batch_size >= 1
+        assert set(hyper.torch_sgd_kwargs.model_dump()) == {"lr", "momentum", "weight_decay"}
         probes = client.probes(job.id)
         assert isinstance(probes, ProbeList) and len(probes.probes) == done.progress.probes_done
         assert probes.probes[0].records[0]["epoch"] == 0.0
@@ -148,8 +151,9 @@ def test_async_client_recommend_and_paging(url: str, key: str, worker: None) -> 
             return result, paged, everything
 
     result, paged, everything = asyncio.run(main())
-    assert result["hyperparameters"]["momentum"] < 1
-    assert result["seed"] == 1
+    assert isinstance(result, Recommendation)
+    assert result.hyperparameters is not None and result.hyperparameters.momentum < 1
+    assert result.seed == 1
     # page_size=1 walks every page: the same jobs, in the same (newest first) order.
     assert len(paged) >= 2 and [j.id for j in paged] == [j.id for j in everything]
 

@@ -19,7 +19,7 @@ import pytest
 
 from app.config import Settings
 from app.db import upgrade
-from tests.test_api import SMALL_SPEC, api_key, live_server
+from tests.helpers import SMALL_SPEC, api_key, live_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

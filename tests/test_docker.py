@@ -22,7 +22,7 @@ import yaml
 
 from app.config import Settings
 from app.db import upgrade
-from tests.test_api import api_key
+from tests.helpers import api_key
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

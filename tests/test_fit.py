@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 
+from tests import theory
 from worker import fit
 from worker.fit import Estimate, FitError, Knobs
 
@@ -374,7 +375,7 @@ def test_edge_time_trajectory_and_plateau_agree():
     t_d = fit.edge_time(A, y0, D=D)
     assert t_d > t_edge
     assert fit.predict_trajectory([t_d], A, D, y0)[0] == pytest.approx(1.0)
-    t_p = fit.plateau_time(A, D, y0, tol=0.02)
+    t_p = theory.plateau_time(A, D, y0, tol=0.02)
     assert abs(fit.predict_trajectory([t_p], A, D, y0)[0] - A / D) == pytest.approx(0.02 * A / D)
     assert fit.predict_trajectory([1e4], A, D, y0)[0] == pytest.approx(A / D)
 
@@ -385,7 +386,7 @@ def test_edge_time_trajectory_and_plateau_agree():
     assert fit.edge_time(A, y0, D=0.1) == math.inf  # equilibrium 0.5 below the edge
     assert fit.edge_time(-0.01, y0) == math.inf
     assert fit.edge_time(A, 1.2) == 0.0
-    assert fit.plateau_time(A, 0.0, y0) == math.inf
+    assert theory.plateau_time(A, 0.0, y0) == math.inf
 
 
 def test_results_serialise_to_strict_json():

@@ -18,9 +18,7 @@ from prometheus_client.samples import Sample
 from app import queue
 from app.config import Settings
 from app.db import make_engine, session_factory
-from tests.test_api import SMALL_SPEC, api_key, live_server
-
-pytest_plugins = ["tests.db"]
+from tests.helpers import SMALL_SPEC, api_key, live_server
 
 
 def scrape(http: httpx.Client) -> dict[str, list[Sample]]:

@@ -1,4 +1,5 @@
-"""Known-answer tests for the order parameters (worker/order.py), all on CPU.
+"""Known-answer tests for the order parameters (worker/order.py, references in tests/theory.py),
+all on CPU.
 
 Every expected value here comes from outside the code under test: the law the random weights were
 drawn from, the Gauss–Hermite-free Monte-Carlo integral, the exact Jacobian, or the theory of the
@@ -13,21 +14,23 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from app.schemas import CNNSpec, ConvBlockSpec, InitSpec, MLPSpec
+from tests.theory import (
+    apjn_exact,
+    iterated_map_norm,
+    mean_field_chi,
+    random_coupling_matrix,
+    twin_trajectory_distance,
+)
 from worker.nets import EdgeNet, build_model, layer_infos
 from worker.order import (
-    apjn_exact,
     apjn_hutchinson,
     coupling,
     couplings,
-    iterated_map_norm,
     lyapunov_summary,
-    mean_field_chi,
     measure,
-    random_coupling_matrix,
     random_unit_vectors,
     summary_layers,
     susceptibilities,
-    twin_trajectory_distance,
 )
 
 

@@ -21,10 +21,11 @@ import pytest
 from PIL import Image
 
 from app import plots
-from app.cli import reproduce_script
 from app.config import Settings
 from app.db import upgrade
-from tests.test_api import SMALL_SPEC, api_key, live_server
+from app.schemas import PLOT_NAMES, ProbeList, Recommendation
+from edgetune_cli.main import reproduce_script
+from tests.helpers import SMALL_SPEC, api_key, live_server
 
 EDGETUNE = Path(sys.executable).parent / "edgetune"
 
@@ -64,7 +65,7 @@ def check_svg(body: bytes) -> ET.Element:
     return root
 
 
-@pytest.mark.parametrize("name", plots.PLOT_NAMES)
+@pytest.mark.parametrize("name", PLOT_NAMES)
 def test_each_plot_renders_from_a_real_job_as_png_and_svg(
     server: tuple[httpx.Client, str], name: str
 ) -> None:
@@ -85,11 +86,13 @@ def test_each_plot_renders_from_a_real_job_as_png_and_svg(
 def test_plots_show_what_the_job_measured(server: tuple[httpx.Client, str]) -> None:
     """The figures are drawn from the job's own numbers: probes, fit and verification."""
     client, job_id = server
-    probes = client.get(f"/v1/jobs/{job_id}/probes").json()["probes"]
+    listed = ProbeList.model_validate(client.get(f"/v1/jobs/{job_id}/probes").json())
     recommendation = client.get(f"/v1/jobs/{job_id}/recommendation").json()
-    job = client.get(f"/v1/jobs/{job_id}").json()
-    data = plots.PlotData(job_id, "succeeded", job["spec"], probes, recommendation)
+    data = plots.PlotData(
+        job_id, "succeeded", listed.probes, Recommendation.model_validate(recommendation)
+    )
     assert plots.order_kind(data) == recommendation["edge"]["order_parameter"]["name"]
+    probes = [p.model_dump(mode="json") for p in listed.probes]
 
     order = plots.plot_order(data)
     lines = order.axes[0].get_lines()
@@ -127,7 +130,7 @@ def test_unknown_plots_and_jobs_without_data_are_problems(
 
     queued = client.post("/v1/recommendations", json={**SMALL_SPEC, "seed": 5}).json()
     try:
-        for name in plots.PLOT_NAMES:
+        for name in PLOT_NAMES:
             response = client.get(f"/v1/jobs/{queued['id']}/plots/{name}")
             assert response.status_code == 409, (name, response.text)
             assert "queued" in response.json()["detail"]
@@ -148,9 +151,9 @@ def test_cli_plots_downloads_every_plot(server: tuple[httpx.Client, str], tmp_pa
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{name}.{fmt}" for name in plots.PLOT_NAMES for fmt in ("png", "svg")
+        f"{name}.{fmt}" for name in PLOT_NAMES for fmt in ("png", "svg")
     )
-    for name in plots.PLOT_NAMES:
+    for name in PLOT_NAMES:
         check_png((out / f"{name}.png").read_bytes())
         check_svg((out / f"{name}.svg").read_bytes())
     missing = subprocess.run(

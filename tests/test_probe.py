@@ -21,6 +21,7 @@ from worker.probe import (
     default_intervals,
     device_name,
     init_model,
+    judge,
     keep_freed_memory_on_heap,
     run_population,
     train_sequential,
@@ -303,3 +304,73 @@ def test_device_name_says_what_runs_the_probes() -> None:
     name = device_name(CPU)
     assert name.endswith(f", {os.cpu_count()} cores") and name.startswith(cpu_model())
     assert cpu_model() not in ("", "unknown")  # Linux: from /proc/cpuinfo
+
+
+# --- judge: what becomes of a member after a measurement (no training needed) ----------------
+
+
+def _record(step: int = 10, J: float = 0.6, **kw: object) -> ProbeRecord:
+    values: dict[str, object] = {
+        "step": step,
+        "epoch": step / 100,
+        "J": [J, 0.5],
+        "J0": [0.0, 0.0],
+        "chi": [0.3, 0.2],
+        "lyapunov": -0.7,
+        "apjn": None,
+        "train_loss": 2.0,
+        "val_loss": None,
+        "val_accuracy": None,
+    }
+    values.update(kw)
+    return ProbeRecord(**values)  # type: ignore[arg-type]
+
+
+def test_judge_lets_a_healthy_member_train_on():
+    assert judge(_record(), steps=50, loss_failed_at=None) is None
+    assert judge(_record(), steps=50, loss_failed_at=None, stop=lambda: False) is None
+
+
+def test_judge_divergence_comes_first_in_a_fixed_order():
+    nan = float("nan")
+    # A non-finite loss outranks everything, even the member's last step.
+    assert judge(_record(step=50, J=nan), steps=50, loss_failed_at=47) == (
+        "diverged",
+        "non-finite loss at step 47",
+    )
+    assert judge(_record(chi=[nan, 0.2]), steps=50, loss_failed_at=None) == (
+        "diverged",
+        "non-finite order parameter at step 10",
+    )
+    assert judge(_record(val_loss=float("inf")), steps=50, loss_failed_at=None) == (
+        "diverged",
+        "non-finite order parameter at step 10",
+    )
+    assert judge(_record(J=2e3), steps=50, loss_failed_at=None) == (
+        "diverged",
+        "J exploded (J_0 = 2e+03) at step 10",
+    )
+
+
+def test_judge_completes_at_the_last_step_before_asking_the_stop_rule():
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return True
+
+    assert judge(_record(step=50), steps=50, loss_failed_at=None, stop=stop) == ("completed", None)
+    assert asked == []  # not asked once something else decided
+    assert judge(_record(J=2e3), steps=50, loss_failed_at=None, stop=stop)[0] == "diverged"
+    assert asked == []
+    assert judge(_record(step=20), steps=50, loss_failed_at=None, stop=stop) == (
+        "stopped",
+        "stop_when at step 20",
+    )
+    assert asked == [1]
+
+
+def test_a_stored_result_with_extra_keys_reads_back(digits):
+    [result] = run_population(MLP, digits, [ProbeConfig(0.05, 0.9, 0.0, 16, 0, 5)], device=CPU)
+    stored = json.loads(json.dumps({**result.to_dict(), "order": {"kind": "chi"}}))
+    assert ProbeResult.from_dict(stored) == result

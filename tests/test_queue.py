@@ -12,8 +12,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import queue
 from app.models import Job, Probe, Recommendation, utcnow
 
-pytest_plugins = ["tests.db"]
-
 SPEC = {"model": {"type": "mlp", "hidden": [8]}, "dataset": {"name": "synthetic"}, "seed": 0}
 LEASE = 30.0
 

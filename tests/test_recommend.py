@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from app.schemas import RecommendationSpec
-from worker import recommend as R
+from app.schemas import Recommendation, RecommendationSpec
+from worker import fit, law, recommend
 from worker.data import Dataset, load_dataset
+from worker.plan import PlannedProbe, plan_probes
+from worker.probe import ProbeConfig, ProbeResult, run_population
 
 CPU = torch.device("cpu")
 
@@ -30,20 +36,16 @@ def digits(data_root: Path) -> Dataset:
     return load_dataset(_spec().dataset, [data_root])
 
 
-def _run(spec: RecommendationSpec, data: Dataset) -> dict[str, object]:
-    plan = R.plan_probes(spec, data)
-    results = {}
-    for group in sorted({p.group for p in plan}):
-        probes = [p for p in plan if p.group == group]
-        for p, r in zip(probes, R.run_group(spec, data, probes, device=CPU), strict=True):
-            results[p.key] = r
-    return R.recommend(spec, data, plan, results, device=CPU, cost={})
+def _run(spec: RecommendationSpec, data: Dataset) -> Recommendation:
+    rec = recommend.run(spec, data, device=CPU)
+    assert rec is not None  # nothing halts it
+    return rec
 
 
 def test_plan_is_deterministic_and_within_budget(digits: Dataset) -> None:
     spec = _spec()
-    plan = R.plan_probes(spec, digits)
-    assert plan == R.plan_probes(spec, digits)
+    plan = plan_probes(spec, digits)
+    assert plan == plan_probes(spec, digits)
     assert len({p.key for p in plan}) == len(plan)
     assert any(p.purpose == "decay" and p.config.weight_decay > 0 for p in plan)
     samples = sum(p.config.steps * p.config.batch_size for p in plan)
@@ -58,36 +60,43 @@ def test_plan_is_deterministic_and_within_budget(digits: Dataset) -> None:
     assert len(effective) >= 3
     for p in plan:
         step = p.config.learning_rate / (1 - p.config.momentum)
-        assert step <= R.max_step(p.config.batch_size) + 1e-12
+        assert step <= law.max_step(p.config.batch_size) + 1e-12
 
 
 def test_same_spec_and_seed_give_the_same_recommendation(digits: Dataset) -> None:
     spec = _spec()
     first, second = _run(spec, digits), _run(spec, digits)
-    assert first["hyperparameters"] == second["hyperparameters"]
-    assert first["hyperparameters"] is not None
-    hp = first["hyperparameters"]
-    assert isinstance(hp, dict)
-    assert hp["paper_lambda"] == pytest.approx(hp["weight_decay"] / 2)
-    assert hp["torch_sgd_kwargs"] == {
-        "lr": hp["learning_rate"],
-        "momentum": hp["momentum"],
-        "weight_decay": hp["weight_decay"],
+    assert first.hyperparameters == second.hyperparameters
+    hp = first.hyperparameters
+    assert hp is not None
+    assert hp.paper_lambda == pytest.approx(hp.weight_decay / 2)
+    assert hp.torch_sgd_kwargs.model_dump() == {
+        "lr": hp.learning_rate,
+        "momentum": hp.momentum,
+        "weight_decay": hp.weight_decay,
     }
-    edge = first["edge"]
-    assert isinstance(edge, dict)
-    assert edge["k"]["value"] > 0
-    assert 0.0 < edge["initial"] < 1.0
+    assert hp.effective_rate == pytest.approx(
+        hp.learning_rate / ((1 - hp.momentum) * hp.batch_size)
+    )
+    edge = first.edge
+    assert edge.k is not None and edge.k.value is not None and edge.k.value > 0
+    assert edge.initial is not None and 0.0 < edge.initial < 1.0
+    for probe in edge.probes:
+        assert probe.effective_rate == pytest.approx(
+            probe.learning_rate / ((1 - probe.momentum) * probe.batch_size)
+        )
+    # Provenance: what ran, where, with which libraries.
+    assert first.seed == spec.seed and first.device == "cpu" and first.cost is not None
+    assert first.versions is not None and {"torch", "numpy", "python"} <= set(first.versions)
 
 
 def test_fixed_knobs_are_respected_exactly(digits: Dataset) -> None:
     spec = _spec(
         optimizer={"learning_rate": 0.013, "momentum": 0.7, "batch_size": 16, "weight_decay": 0.0}
     )
-    rec = _run(spec, digits)
-    hp = rec["hyperparameters"]
-    assert isinstance(hp, dict)
-    assert (hp["learning_rate"], hp["momentum"], hp["batch_size"], hp["weight_decay"]) == (
+    hp = _run(spec, digits).hyperparameters
+    assert hp is not None
+    assert (hp.learning_rate, hp.momentum, hp.batch_size, hp.weight_decay) == (
         0.013,
         0.7,
         16,
@@ -102,13 +111,12 @@ def test_unreachable_edge_with_fixed_knobs_is_said_plainly(digits: Dataset) -> N
         budget={"epochs": 2, "probe_fraction": 1.0},
     )
     rec = _run(spec, digits)
-    validity = rec["validity"]
-    assert isinstance(validity, dict)
-    if rec["hyperparameters"] is None:
-        assert validity["reason"]
+    validity = rec.validity
+    if rec.hyperparameters is None:
+        assert validity.reason
     else:
-        assert validity["flags"]["edge_unreachable"] is True
-        assert any("after the budget" in w or "cannot" in w for w in validity["warnings"])
+        assert validity.flags["edge_unreachable"] is True
+        assert any("after the budget" in w or "cannot" in w for w in validity.warnings)
 
 
 @pytest.mark.parametrize(
@@ -139,18 +147,14 @@ def test_unreachable_edge_with_fixed_knobs_is_said_plainly(digits: Dataset) -> N
 def test_architectures_beyond_the_paper(digits: Dataset, model: dict[str, object]) -> None:
     spec = _spec(model=model)
     rec = _run(spec, digits)
-    validity = rec["validity"]
-    assert isinstance(validity, dict)
-    assert validity["flags"]["outside_validated_regime"] or rec["hyperparameters"] is None
-    if rec["hyperparameters"] is None:
-        assert isinstance(validity["reason"], str) and len(validity["reason"]) > 20
+    validity = rec.validity
+    hp = rec.hyperparameters
+    assert hp is None or validity.flags["outside_validated_regime"]
+    if hp is None:
+        assert isinstance(validity.reason, str) and len(validity.reason) > 20
     else:
-        edge = rec["edge"]
-        assert isinstance(edge, dict)
-        assert edge["order_parameter"]["name"] == "chi"
-        hp = rec["hyperparameters"]
-        assert isinstance(hp, dict)
-        assert hp["learning_rate"] > 0 and 0 <= hp["momentum"] < 1 and hp["batch_size"] >= 1
+        assert rec.edge.order_parameter.name == "chi"
+        assert hp.learning_rate > 0 and 0 <= hp.momentum < 1 and hp.batch_size >= 1
 
 
 def test_chaotic_start_gives_a_reason_not_a_number(digits: Dataset) -> None:
@@ -163,10 +167,12 @@ def test_chaotic_start_gives_a_reason_not_a_number(digits: Dataset) -> None:
         }
     )
     rec = _run(spec, digits)
-    assert rec["hyperparameters"] is None
-    validity = rec["validity"]
-    assert isinstance(validity, dict)
-    assert "chaotic" in validity["reason"]
+    assert rec.hyperparameters is None
+    assert rec.validity.reason is not None and "chaotic" in rec.validity.reason
+    assert rec.validity.flags == {"no_recommendation": True}
+    # A reason, not a number, still says what it cost and how it ran.
+    assert rec.cost is not None and rec.cost.probe_steps > 0 and rec.cost.device == "cpu"
+    assert rec.seed == spec.seed and rec.device == "cpu" and rec.versions
 
 
 def test_choose_config_solves_the_growth_law() -> None:
@@ -175,25 +181,179 @@ def test_choose_config_solves_the_growth_law() -> None:
     # Decay free: no decay, and the edge is met exactly at the end of the budget, at the
     # largest verified batch size whose step stays stable.
     spec = _spec(budget={"epochs": 20, "probe_fraction": 1.0})
-    choice = R.choose_config(
+    choice = law.choose_config(
         spec, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32, 64, 128]
     )
     assert choice.weight_decay == 0.0
     assert choice.batch_size == 128
-    assert R.edge_epoch(choice, 0.25) == pytest.approx(20.0)
+    assert law.edge_epoch(choice, 0.25) == pytest.approx(20.0)
     assert math.isclose(choice.growth * 20, 0.75)
-    assert choice.learning_rate / (1 - choice.momentum) <= R.max_step(choice.batch_size) + 1e-12
+    assert choice.learning_rate / (1 - choice.momentum) <= law.max_step(choice.batch_size) + 1e-12
     # A user-fixed decay at the theory's edge value saturates: D = A, within the gap at the end.
     fixed = _spec(
         optimizer={"weight_decay": k / (2 * train)}, budget={"epochs": 20, "probe_fraction": 1}
     )
-    choice = R.choose_config(fixed, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32])
+    choice = law.choose_config(fixed, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32])
     assert choice.growth == pytest.approx(choice.decay_rate)
-    y_end = R.fit.predict_trajectory([choice.epochs], choice.growth, choice.decay_rate, 0.25)[0]
-    assert y_end == pytest.approx(1 - R.SATURATION_GAP, abs=1e-6)
+    y_end = fit.predict_trajectory([choice.epochs], choice.growth, choice.decay_rate, 0.25)[0]
+    assert y_end == pytest.approx(1 - law.SATURATION_GAP, abs=1e-6)
     # A fixed decay too strong for the edge is said plainly.
     strong = _spec(
         optimizer={"weight_decay": 4 * k / (2 * train)}, budget={"epochs": 20, "probe_fraction": 1}
     )
-    choice = R.choose_config(strong, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32])
+    choice = law.choose_config(strong, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32])
     assert any("cannot" in w for w in choice.warnings)
+
+
+# --- the one entry point: resume, callbacks, halting -----------------------------------------
+
+
+def test_run_resumes_from_done_probes_and_reports_each_probe_once(digits: Dataset) -> None:
+    spec = _spec()
+    events: list[tuple[str, object]] = []
+    finished: dict[str, ProbeResult] = {}
+
+    def on_probe(probe: PlannedProbe, result: ProbeResult) -> None:
+        assert probe.key not in finished and result.outcome != "cancelled"
+        finished[probe.key] = result
+        events.append(("probe", probe.key))
+
+    def on_progress(progress: recommend.Progress) -> bool:
+        events.append(("progress", progress))
+        return True
+
+    plans: list[list[PlannedProbe]] = []
+    full = recommend.run(
+        spec, digits, device=CPU, on_plan=plans.append, on_probe=on_probe, on_progress=on_progress
+    )
+    assert full is not None and len(plans) == 1
+    plan = plans[0]
+    assert sorted(finished) == sorted(p.key for p in plan)
+    progress = [e[1] for e in events if e[0] == "progress"]
+    assert all(isinstance(p, recommend.Progress) for p in progress)
+    fractions = [p.fraction for p in progress if isinstance(p, recommend.Progress)]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(recommend.PROBE_SHARE)
+    phases = [p.phase for p in progress if isinstance(p, recommend.Progress) and p.milestone]
+    groups = len({p.group for p in plan})
+    assert phases == ["probing"] * (1 + groups) + ["fitting"]
+    # Every probe is handed on before its group's end is reported.
+    last_probe = max(i for i, e in enumerate(events) if e[0] == "probe")
+    assert last_probe < next(
+        i
+        for i, e in enumerate(events)
+        if isinstance(e[1], recommend.Progress) and e[1].phase == "fitting"
+    )
+
+    # Resumed with the first group done: only the others run, and the result is the same.
+    first_group = {p.key: finished[p.key] for p in plan if p.group == 0}
+    again: list[str] = []
+    resumed = recommend.run(
+        spec, digits, device=CPU, done=first_group, on_probe=lambda p, r: again.append(p.key)
+    )
+    assert resumed is not None
+    assert sorted(again) == sorted(p.key for p in plan if p.group != 0)
+    assert resumed.hyperparameters == full.hyperparameters
+    # Everything done: nothing runs, and stored results (read back from JSON) are used as they are.
+    stored = {
+        k: ProbeResult.from_dict(json.loads(json.dumps(r.to_dict()))) for k, r in finished.items()
+    }
+    none_run: list[str] = []
+    cached = recommend.run(
+        spec, digits, device=CPU, done=stored, on_probe=lambda p, r: none_run.append(p.key)
+    )
+    assert cached is not None and none_run == []
+    assert cached.hyperparameters == full.hyperparameters
+    assert cached.cost is not None and full.cost is not None
+    assert cached.cost.probe_steps == full.cost.probe_steps
+
+
+def test_on_progress_false_halts_the_run(digits: Dataset) -> None:
+    spec = _spec()
+    handed: list[ProbeResult] = []
+    calls = 0
+
+    def on_progress(progress: recommend.Progress) -> bool:
+        nonlocal calls
+        calls += 1
+        return calls < 3  # the probing milestone, one measurement, then stop
+
+    rec = recommend.run(
+        spec, digits, device=CPU, on_probe=lambda p, r: handed.append(r), on_progress=on_progress
+    )
+    assert rec is None and calls == 3
+    assert all(r.outcome != "cancelled" for r in handed)
+    # Halted before anything ran: on_progress refused the probing milestone.
+    assert recommend.run(spec, digits, device=CPU, on_progress=lambda p: False) is None
+
+
+def test_the_result_is_strict_json_and_validates(digits: Dataset) -> None:
+    spec = _spec(verify=True, budget={"epochs": 3, "probe_fraction": 0.5})
+    phases: list[str] = []
+
+    def on_progress(progress: recommend.Progress) -> bool:
+        phases.append(progress.phase)
+        return True
+
+    rec = recommend.run(spec, digits, device=CPU, on_progress=on_progress)
+    assert rec is not None and rec.verification is not None
+    assert phases[-1] == "verifying" and "fitting" in phases
+    text = json.dumps(rec.model_dump(mode="json"), allow_nan=False)
+    assert Recommendation.model_validate_json(text) == rec
+    assert rec.verification.test_accuracy is not None and 0 < rec.verification.test_accuracy <= 1
+
+
+# --- the order series stored beside each probe ------------------------------------------------
+
+
+def test_probe_order_follows_the_order_kind_rule(digits: Dataset) -> None:
+    paper = _spec()
+    deep = _spec(model={"type": "mlp", "hidden": [16, 16], "activation": "relu"})
+    assert law.order_kind(paper) == "J2" and law.order_kind(deep) == "chi"
+    for spec in (paper, deep):
+        config = ProbeConfig(0.05, 0.9, 0.0, 32, 0, 20)
+        [result] = run_population(spec.model, digits, [config], device=CPU, measure_every=5)
+        kind = law.order_kind(spec)
+        order = law.probe_order(kind, result.records, 0.05 / (0.1 * 32))
+        t, y = law.order_series(result.records, kind)
+        assert order.kind == kind and order.effective_rate == pytest.approx(0.05 / 3.2)
+        assert order.epoch == t.tolist() and order.value == y.tolist()
+        assert len(order.layers) == len(result.records)
+        for record, layers in zip(result.records, order.layers, strict=True):
+            expected = record.chi if kind == "chi" else [j * j for j in record.J]
+            assert layers == pytest.approx(expected)
+        # The summary is the mean J² (J2) or the geometric mean of χ over the iterated layers.
+        if kind == "J2":
+            assert order.value == pytest.approx([sum(v) / len(v) for v in order.layers])
+        stored = {**result.to_dict(), "order": order.model_dump(mode="json")}
+        assert ProbeResult.from_dict(stored) == result  # the extra key is ignored
+
+
+# --- the module rules of worker/ (function length: tests/test_layout.py) ----------------------
+
+WORKER = Path(__file__).resolve().parents[1] / "worker"
+SCIENCE = ("probe", "order", "fit", "law", "plan", "decide")
+FORBIDDEN = ("sqlalchemy", "app.db", "app.models", "app.queue", "app.service", "worker.main")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_science_modules_never_touch_the_database() -> None:
+    for name in SCIENCE:
+        imported = _imports(WORKER / f"{name}.py")
+        bad = {i for i in imported for f in FORBIDDEN if i == f or i.startswith(f + ".")}
+        assert not bad, f"worker/{name}.py imports {sorted(bad)}"
+
+
+def test_the_law_imports_no_torch() -> None:
+    code = "import sys, worker.law; print(sorted(m for m in sys.modules if m.startswith('torch')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

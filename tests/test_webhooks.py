@@ -26,9 +26,7 @@ from app.auth import create_key, webhook_secret
 from app.config import Settings
 from app.db import make_engine, session_factory
 from app.models import WebhookDelivery
-from tests.test_api import SMALL_SPEC, assert_problem, live_server
-
-pytest_plugins = ["tests.db"]
+from tests.helpers import SMALL_SPEC, assert_problem, live_server
 
 TENANT = "hooks"
 

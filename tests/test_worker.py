@@ -19,16 +19,15 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import queue
+from app import queue, schemas
 from app.config import Settings
 from app.db import make_engine, session_factory
 from app.models import Job, Probe, Recommendation
-from app.schemas import RecommendationSpec
+from app.schemas import ProbeOrder, RecommendationSpec
 from worker.data import load_dataset
 from worker.main import run_worker
-from worker.recommend import plan_probes
-
-pytest_plugins = ["tests.db"]
+from worker.plan import plan_probes
+from worker.probe import ProbeResult
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -96,12 +95,23 @@ def test_a_job_runs_to_a_recommendation(
         result = queue.get_recommendation(session, job_id)
     assert sorted(probes) == sorted(keys)
     assert all(p["result"]["records"] for p in probes.values())
+    for p in probes.values():
+        # Stored beside the records: the series the fits read (the plots read it too).
+        order = ProbeOrder.model_validate(p["result"]["order"])
+        records = p["result"]["records"]
+        assert order.kind == "J2" and len(order.epoch) == len(order.value) == len(records)
+        assert order.layers == [[j * j for j in r["J"]] for r in records]
+        c = p["result"]["config"]
+        rate = c["learning_rate"] / ((1 - c["momentum"]) * c["batch_size"])
+        assert order.effective_rate == rate
+        assert ProbeResult.from_dict(p["result"]).records  # the stored result still reads back
     assert result is not None
     hyper = result["hyperparameters"]
     assert hyper is not None, result["validity"].get("reason")
     assert {"learning_rate", "momentum", "batch_size", "weight_decay"} <= set(hyper)
     assert result["cost"]["device"] == "cpu"
     assert result["cost"]["probe_steps"] == sum(p["result"]["steps_done"] for p in probes.values())
+    assert schemas.Recommendation.model_validate(result).hyperparameters is not None
 
 
 def test_a_spec_that_can_never_run_fails_at_once(
@@ -176,6 +186,34 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_python_m_worker_main_once(tmp_path: Path) -> None:
+    """`python -m worker.main --once` refuses an unmigrated database; on the embedded default
+    (migrated on start) with nothing queued it exits 0 at once."""
+    fresh = {**os.environ, "EDGETUNE_DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "worker.main", "--once"],
+        cwd=REPO,
+        env=fresh,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert "run `edgetune db upgrade`" in refused.stderr and "Traceback" not in refused.stderr
+    embedded = {k: v for k, v in os.environ.items() if k != "EDGETUNE_DATABASE_URL"}
+    embedded["EDGETUNE_DATA_DIR"] = str(tmp_path / "data")
+    idle = subprocess.run(
+        [sys.executable, "-m", "worker.main", "--once", "--device", "cpu"],
+        cwd=REPO,
+        env=embedded,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert idle.returncode == 0, idle.stderr
+    assert "stopped" in idle.stderr
 
 
 def read_log(tmp_path: Path, name: str) -> str:

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import math
 import warnings as _warnings
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Literal
 
 import numpy as np
 from scipy import optimize, stats
 
+from edgetune.schemas import EDGE
+
 CI_LEVEL = 0.95
-EDGE = 1.0
 Knob = Literal["eta", "batch", "momentum"]
 KNOBS: tuple[Knob, ...] = ("eta", "batch", "momentum")
 _KNOB_LABEL = {"eta": "η", "batch": "1/B", "momentum": "1/(1−α)"}
@@ -215,6 +216,55 @@ def fit_growth(
     Raises FitError with fewer than 4 usable points or no spread in t.
     """
     t_arr, y_arr = _as_series(t, y)
+    tw, yw, chaotic, crossed = _growth_window(t_arr, y_arr, t_min, t_max, edge)
+    n = int(tw.size)
+    t_mean = float(tw.mean())
+    tc = tw - t_mean
+    sxx = float(np.sum(tc * tc))
+    slope = float(np.sum(tc * yw) / sxx)
+    intercept = float(yw.mean() - slope * t_mean)
+    resid = yw - (intercept + slope * tw)
+    ssr = float(np.sum(resid * resid))
+    ss_res_scale = float(np.sum(yw * yw)) * 1e-24  # below this the residuals are rounding only
+    lag1 = _lag1(resid, 2) if ssr > ss_res_scale else None
+    dof = _effective_dof(n, lag1, 2)
+    s2 = ssr / dof
+    q = _t_quantile(dof)
+    A = _normal_estimate(slope, math.sqrt(s2 / sxx), q)
+    y0 = _normal_estimate(intercept, math.sqrt(s2 * (1 / n + t_mean**2 / sxx)), q)
+    r2 = _r2(yw, ssr)
+    slope_change, curvature_p = _curvature(tw, yw, slope, ss_res_scale)
+    large = slope_change is None or abs(slope_change) > max_slope_change
+    significant = curvature_p is None or curvature_p < 0.01
+    # A constant series has no slope to compare the curvature with: "no growth" says it instead.
+    linear = r2 is None or not (large and significant)
+    fitted = GrowthFit(
+        A=A,
+        y0=y0,
+        r2=r2,
+        n=n,
+        t_start=float(tw[0]),
+        t_end=float(tw[-1]),
+        slope_change=slope_change,
+        curvature_p=curvature_p,
+        lag1=lag1,
+        linear=linear,
+        chaotic=chaotic,
+        crossed_edge=crossed,
+    )
+    notes = _growth_notes(fitted, float(yw[0]), edge, min_r2)
+    return replace(fitted, warnings=tuple(notes))
+
+
+def _growth_window(
+    t_arr: np.ndarray,
+    y_arr: np.ndarray,
+    t_min: float | None,
+    t_max: float | None,
+    edge: float | None,
+) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+    """The points fit_growth fits, and whether the series starts at (chaotic) or crosses the edge
+    (cut there); raises FitError when too few are left."""
     tw, yw, n_bad = _window(t_arr, y_arr, t_min, t_max)
     chaotic = crossed = False
     if edge is not None and tw.size:
@@ -234,27 +284,20 @@ def fit_growth(
         )
     if np.ptp(tw) == 0:
         raise FitError(f"fit_growth needs points at different times; all {n} are at t = {tw[0]}")
+    return tw, yw, chaotic, crossed
 
-    t_mean = float(tw.mean())
-    tc = tw - t_mean
-    sxx = float(np.sum(tc * tc))
-    slope = float(np.sum(tc * yw) / sxx)
-    intercept = float(yw.mean() - slope * t_mean)
-    resid = yw - (intercept + slope * tw)
-    ssr = float(np.sum(resid * resid))
-    ss_res_scale = float(np.sum(yw * yw)) * 1e-24  # below this the residuals are rounding only
-    lag1 = _lag1(resid, 2) if ssr > ss_res_scale else None
-    dof = _effective_dof(n, lag1, 2)
-    s2 = ssr / dof
-    q = _t_quantile(dof)
-    A = _normal_estimate(slope, math.sqrt(s2 / sxx), q)
-    y0 = _normal_estimate(intercept, math.sqrt(s2 * (1 / n + t_mean**2 / sxx)), q)
-    r2 = _r2(yw, ssr)
 
+def _curvature(
+    tw: np.ndarray, yw: np.ndarray, slope: float, ss_res_scale: float
+) -> tuple[float | None, float | None]:
+    """(slope change across the window as a fraction of the slope, two-sided p of the quadratic
+    term) for the linearity check."""
     # Linearity: is the quadratic term both large and significant? Its noise comes from a cubic
     # fit (the fuller model's residuals, as in a lack-of-fit test): judged against the quadratic's
     # own residuals, the smooth misfit of a curved series would pass for slowly wandering noise
     # (lag-1 correlation near 1, hardly any effective points) and hide the very curvature tested.
+    n = int(tw.size)
+    tc = tw - float(tw.mean())
     span = float(tw[-1] - tw[0])
     x = tc / span
     design = np.column_stack([np.ones(n), x, x * x])
@@ -272,52 +315,38 @@ def fit_growth(
         cov_unit = np.linalg.inv(design.T @ design)
         se_c2 = math.sqrt(ssr_f / dof_f * float(cov_unit[2, 2]))
         curvature_p = float(2 * stats.t.sf(abs(c2) / se_c2, dof_f))
-    large = slope_change is None or abs(slope_change) > max_slope_change
-    significant = curvature_p is None or curvature_p < 0.01
-    # A constant series has no slope to compare the curvature with: "no growth" says it instead.
-    linear = r2 is None or not (large and significant)
+    return slope_change, curvature_p
 
+
+def _growth_notes(g: GrowthFit, y_first: float, edge: float | None, min_r2: float) -> list[str]:
+    """The plain-language warnings of a growth fit."""
     notes: list[str] = []
-    where = f"over epochs {tw[0]:.3g}–{tw[-1]:.3g}"
-    if chaotic:
+    where = f"over epochs {g.t_start:.3g}–{g.t_end:.3g}"
+    if g.chaotic:
         notes.append(
-            f"chaotic from the start: y = {yw[0]:.3g} ≥ edge {edge} at t = {tw[0]:.3g}; the linear "
-            "growth law holds only in the ordered phase, so this slope is not a growth rate "
-            "(lower η/((1−α)B))"
+            f"chaotic from the start: y = {y_first:.3g} ≥ edge {edge} at t = {g.t_start:.3g}; the "
+            "linear growth law holds only in the ordered phase, so this slope is not a growth "
+            "rate (lower η/((1−α)B))"
         )
-    if crossed:
+    if g.crossed_edge:
         notes.append(
-            f"the series reached the edge y ≥ {edge}; only the {n} points before it are fitted"
+            f"the series reached the edge y ≥ {edge}; only the {g.n} points before it are fitted"
         )
-    if r2 is None:
+    if g.r2 is None:
         notes.append(f"y is constant {where}: no growth measured")
-    elif r2 < min_r2:
-        notes.append(f"low R² = {r2:.3f} < {min_r2} {where}: noise dominates the growth")
-    if not linear:
-        change = "n/a" if slope_change is None else f"{100 * slope_change:+.0f} %"
-        p_text = "n/a, exact fit" if curvature_p is None else f"{curvature_p:.2g}"
+    elif g.r2 < min_r2:
+        notes.append(f"low R² = {g.r2:.3f} < {min_r2} {where}: noise dominates the growth")
+    if not g.linear:
+        change = "n/a" if g.slope_change is None else f"{100 * g.slope_change:+.0f} %"
+        p_text = "n/a, exact fit" if g.curvature_p is None else f"{g.curvature_p:.2g}"
         notes.append(
             f"y is not linear in time {where}: the slope changes by {change} across the window "
             f"(quadratic term p = {p_text}); the fitted A is an average and the growth law may "
             "not hold here"
         )
-    if slope <= 0:
-        notes.append(f"no growth: A = {slope:.3g} ≤ 0 {where}")
-    return GrowthFit(
-        A=A,
-        y0=y0,
-        r2=r2,
-        n=n,
-        t_start=float(tw[0]),
-        t_end=float(tw[-1]),
-        slope_change=slope_change,
-        curvature_p=curvature_p,
-        lag1=lag1,
-        linear=linear,
-        chaotic=chaotic,
-        crossed_edge=crossed,
-        warnings=tuple(notes),
-    )
+    if g.A.value <= 0:
+        notes.append(f"no growth: A = {g.A.value:.3g} ≤ 0 {where}")
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,6 +442,117 @@ def fit_scaling(
     Raises FitError on non-positive A, η, B, momentum outside [0, 1), non-positive A_se, free knobs
     that vary together (e.g. η and B scaled alike), or too few probes for the free exponents.
     """
+    a, eta_arr, batch_arr, mom_arr, w = _scaling_inputs(A, eta, batch, momentum, A_se, free)
+    n = int(a.size)
+    weighted = A_se is not None
+    regressors = _log_regressors(eta_arr, batch_arr, mom_arr)
+    notes: list[str] = []
+    fitted = _fitted_knobs(regressors, free, notes)
+    offset = sum((regressors[k] for k in KNOBS if k not in fitted), np.zeros(n))
+    target = np.log(a) - offset
+    design = np.column_stack([np.ones(n)] + [regressors[k] for k in fitted])
+    p = design.shape[1]
+    if np.linalg.matrix_rank(design) < p:
+        names = ", ".join(_KNOB_LABEL[k] for k in fitted)
+        raise FitError(
+            f"the free knobs ({names}) vary together across the probes, so their exponents "
+            "cannot be told apart; vary them independently or fix one"
+        )
+    dof = n - p
+    if dof == 0 and not weighted:
+        raise FitError(
+            f"{n} probe(s) for {p} parameter(s) leave no degrees of freedom for an error "
+            "estimate; add probes, fix knobs, or pass A_se"
+        )
+
+    coef, cov, q, ssr = _weighted_lstsq(design, target, w, dof)
+    ses = np.sqrt(np.diag(cov))
+    k = _lognormal_estimate(float(coef[0]), float(ses[0]), q)
+    exponents: list[ExponentFit] = []
+    for knob in KNOBS:
+        if knob in fitted:
+            i = 1 + fitted.index(knob)
+            exponents.append(ExponentFit(knob, _normal_estimate(coef[i], ses[i], q), True))
+        else:
+            exponents.append(ExponentFit(knob, Estimate.exact(1.0), False))
+
+    k_theory, theory_var, theory_q = _theory_k(a, regressors, w)
+    consistent = all(e.value.contains(1.0) for e in exponents if e.fitted)
+    notes.extend(_exponent_notes(exponents))
+    if 0 < dof < 3:
+        notes.append(f"only {dof} residual degree(s) of freedom: the intervals are wide")
+    return ScalingFit(
+        k=k,
+        exponents=tuple(exponents),
+        k_theory=k_theory,
+        theory_consistent=consistent,
+        r2=_r2(target + offset, ssr, w),
+        n=n,
+        dof=dof,
+        weighted=weighted,
+        log_cov=tuple(tuple(float(v) for v in row) for row in cov),
+        q=q,
+        theory_log_var=theory_var,
+        theory_q=theory_q,
+        warnings=tuple(notes),
+    )
+
+
+def _weighted_lstsq(
+    design: np.ndarray, target: np.ndarray, w: np.ndarray, dof: int
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(coefficients, their covariance, the interval multiplier, the weighted residual sum of
+    squares): noise from the residuals, or the weights at face value with no dof left."""
+    sw = np.sqrt(w)
+    coef, *_ = np.linalg.lstsq(design * sw[:, None], target * sw, rcond=None)
+    resid = target - design @ coef
+    ssr = float(np.sum(w * resid * resid))
+    unit_cov = np.linalg.inv(design.T @ (design * w[:, None]))
+    if dof > 0:
+        cov = unit_cov * (ssr / dof)
+        q = _t_quantile(dof)
+    else:
+        cov, q = unit_cov, float(stats.norm.ppf(0.5 + CI_LEVEL / 2))
+    return coef, cov, q, ssr
+
+
+def _fitted_knobs(
+    regressors: dict[Knob, np.ndarray], free: tuple[Knob, ...], notes: list[str]
+) -> list[Knob]:
+    """The free knobs that vary across the probes (their exponents are fitted)."""
+    fitted: list[Knob] = []
+    for knob in KNOBS:
+        x = regressors[knob]
+        if knob in free and np.ptp(x) > 1e-12 * max(1.0, float(np.max(np.abs(x)))):
+            fitted.append(knob)
+        elif knob in free:
+            notes.append(f"{_KNOB_LABEL[knob]} did not vary across the probes: exponent assumed 1")
+    return fitted
+
+
+def _exponent_notes(exponents: list[ExponentFit]) -> list[str]:
+    """A warning for each fitted exponent whose interval excludes the theory's 1."""
+    notes: list[str] = []
+    for e in exponents:
+        if e.fitted and not e.value.contains(1.0):
+            v = e.value
+            notes.append(
+                f"the exponent of {_KNOB_LABEL[e.knob]} is {v.value:.2f} [{v.low:.2f}, "
+                f"{v.high:.2f}], excluding the theory's 1: A ∝ η/((1−α)B) does not hold over "
+                "these probes, so k_theory is not a constant here"
+            )
+    return notes
+
+
+def _scaling_inputs(
+    A: object,
+    eta: object,
+    batch: object,
+    momentum: object,
+    A_se: object | None,
+    free: tuple[Knob, ...],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """fit_scaling's inputs checked, as arrays (A, η, B, α), and the weights 1/var(log A)."""
     arrays = [np.atleast_1d(np.asarray(v, dtype=float)) for v in (A, eta, batch, momentum)]
     a, eta_arr, batch_arr, mom_arr = arrays
     n = int(a.size)
@@ -436,7 +576,6 @@ def fit_scaling(
             raise FitError(
                 f"{name} out of range at probe(s) {bad.tolist()}: {values[bad].tolist()}{hint}"
             )
-    weighted = A_se is not None
     if A_se is not None:
         se = np.atleast_1d(np.asarray(A_se, dtype=float))
         if se.shape != a.shape:
@@ -450,53 +589,15 @@ def fit_scaling(
         w = (a / se) ** 2  # 1/var(log A)
     else:
         w = np.ones(n)
+    return a, eta_arr, batch_arr, mom_arr, w
 
-    regressors = _log_regressors(eta_arr, batch_arr, mom_arr)
-    notes: list[str] = []
-    fitted: list[Knob] = []
-    for knob in KNOBS:
-        x = regressors[knob]
-        if knob in free and np.ptp(x) > 1e-12 * max(1.0, float(np.max(np.abs(x)))):
-            fitted.append(knob)
-        elif knob in free:
-            notes.append(f"{_KNOB_LABEL[knob]} did not vary across the probes: exponent assumed 1")
-    offset = sum((regressors[k] for k in KNOBS if k not in fitted), np.zeros(n))
-    target = np.log(a) - offset
-    design = np.column_stack([np.ones(n)] + [regressors[k] for k in fitted])
-    p = design.shape[1]
-    if np.linalg.matrix_rank(design) < p:
-        names = ", ".join(_KNOB_LABEL[k] for k in fitted)
-        raise FitError(
-            f"the free knobs ({names}) vary together across the probes, so their exponents "
-            "cannot be told apart; vary them independently or fix one"
-        )
-    dof = n - p
-    if dof == 0 and not weighted:
-        raise FitError(
-            f"{n} probe(s) for {p} parameter(s) leave no degrees of freedom for an error "
-            "estimate; add probes, fix knobs, or pass A_se"
-        )
 
-    sw = np.sqrt(w)
-    coef, *_ = np.linalg.lstsq(design * sw[:, None], target * sw, rcond=None)
-    resid = target - design @ coef
-    ssr = float(np.sum(w * resid * resid))
-    unit_cov = np.linalg.inv(design.T @ (design * w[:, None]))
-    if dof > 0:
-        cov = unit_cov * (ssr / dof)
-        q = _t_quantile(dof)
-    else:
-        cov, q = unit_cov, float(stats.norm.ppf(0.5 + CI_LEVEL / 2))
-    ses = np.sqrt(np.diag(cov))
-    k = _lognormal_estimate(float(coef[0]), float(ses[0]), q)
-    exponents: list[ExponentFit] = []
-    for knob in KNOBS:
-        if knob in fitted:
-            i = 1 + fitted.index(knob)
-            exponents.append(ExponentFit(knob, _normal_estimate(coef[i], ses[i], q), True))
-        else:
-            exponents.append(ExponentFit(knob, Estimate.exact(1.0), False))
-
+def _theory_k(
+    a: np.ndarray, regressors: dict[Knob, np.ndarray], w: np.ndarray
+) -> tuple[Estimate, float, float]:
+    """k with every exponent = 1 (the weighted geometric mean of A·(1−α)·B/η), the variance of
+    its log and the interval multiplier."""
+    n = int(a.size)
     # Theory: every exponent = 1, log k_i = log A_i − log(η_i/((1−α_i)·B_i)).
     log_k_i = np.log(a) - sum(regressors[k] for k in KNOBS)
     log_k_t = float(np.sum(w * log_k_i) / np.sum(w))
@@ -506,32 +607,7 @@ def fit_scaling(
     else:
         theory_var, theory_q = 1.0 / float(np.sum(w)), float(stats.norm.ppf(0.5 + CI_LEVEL / 2))
     k_theory = _lognormal_estimate(log_k_t, math.sqrt(theory_var), theory_q)
-    consistent = all(e.value.contains(1.0) for e in exponents if e.fitted)
-    for e in exponents:
-        if e.fitted and not e.value.contains(1.0):
-            v = e.value
-            notes.append(
-                f"the exponent of {_KNOB_LABEL[e.knob]} is {v.value:.2f} [{v.low:.2f}, "
-                f"{v.high:.2f}], excluding the theory's 1: A ∝ η/((1−α)B) does not hold over "
-                "these probes, so k_theory is not a constant here"
-            )
-    if 0 < dof < 3:
-        notes.append(f"only {dof} residual degree(s) of freedom: the intervals are wide")
-    return ScalingFit(
-        k=k,
-        exponents=tuple(exponents),
-        k_theory=k_theory,
-        theory_consistent=consistent,
-        r2=_r2(target + offset, ssr, w),
-        n=n,
-        dof=dof,
-        weighted=weighted,
-        log_cov=tuple(tuple(float(v) for v in row) for row in cov),
-        q=q,
-        theory_log_var=theory_var,
-        theory_q=theory_q,
-        warnings=tuple(notes),
-    )
+    return k_theory, theory_var, theory_q
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,46 +671,7 @@ def fit_decay(
         raise FitError(f"A must be finite; got {A}")
     t0 = float(tw[0])
     tau = tw - t0
-    span = float(tau[-1])
-
-    best: tuple[float, float, float, float] | None = None  # (ssr, y0, A, D)
-    for d in np.concatenate([[0.0], np.geomspace(1e-3, 1e2, 61) / span]):
-        e = np.exp(-d * tau)
-        g = _relaxation(tau, 0.0, 1.0, float(d))
-        if A is None:
-            coef, *_ = np.linalg.lstsq(np.column_stack([e, g]), yw, rcond=None)
-            y0_d, a_d = float(coef[0]), float(coef[1])
-        else:
-            a_d = A
-            y0_d = float(np.sum(e * (yw - A * g)) / np.sum(e * e))
-        ssr = float(np.sum((yw - y0_d * e - a_d * g) ** 2))
-        if best is None or ssr < best[0]:
-            best = (ssr, y0_d, a_d, float(d))
-    assert best is not None
-    _, y0_s, a_s, d_s = best
-    if d_s == 0:
-        d_s = 1e-3 / span  # curve_fit's finite differences need a non-degenerate step
-
-    def model_free(x: np.ndarray, y0: float, a: float, d: float) -> np.ndarray:
-        return _relaxation(x, y0, a, d)
-
-    def model_fixed(x: np.ndarray, y0: float, d: float) -> np.ndarray:
-        assert A is not None
-        return _relaxation(x, y0, A, d)
-
-    try:
-        with _warnings.catch_warnings():
-            _warnings.simplefilter("error", optimize.OptimizeWarning)
-            with np.errstate(over="ignore", invalid="ignore"):
-                if A is None:
-                    popt, pcov = optimize.curve_fit(model_free, tau, yw, p0=[y0_s, a_s, d_s])
-                else:
-                    popt, pcov = optimize.curve_fit(model_fixed, tau, yw, p0=[y0_s, d_s])
-    except (RuntimeError, optimize.OptimizeWarning) as exc:
-        raise FitError(f"the decay fit did not converge: {exc}") from exc
-    if not np.all(np.isfinite(pcov)):
-        raise FitError("the decay fit's covariance is singular: D, A and y0 are not identifiable")
-    popt = [float(v) for v in popt]
+    popt, pcov = _decay_curve_fit(tau, yw, A)
     dof = n - p
     q = _t_quantile(dof)
     ses = np.sqrt(np.diag(pcov))
@@ -679,6 +716,52 @@ def fit_decay(
         A_fitted=A is None,
         warnings=tuple(notes),
     )
+
+
+def _decay_curve_fit(
+    tau: np.ndarray, yw: np.ndarray, A: float | None
+) -> tuple[list[float], np.ndarray]:
+    """curve_fit of the relaxation from the best start on a grid over D: (popt, pcov), with
+    (y0, A, D) or, given A, (y0, D)."""
+    span = float(tau[-1])
+    best: tuple[float, float, float, float] | None = None  # (ssr, y0, A, D)
+    for d in np.concatenate([[0.0], np.geomspace(1e-3, 1e2, 61) / span]):
+        e = np.exp(-d * tau)
+        g = _relaxation(tau, 0.0, 1.0, float(d))
+        if A is None:
+            coef, *_ = np.linalg.lstsq(np.column_stack([e, g]), yw, rcond=None)
+            y0_d, a_d = float(coef[0]), float(coef[1])
+        else:
+            a_d = A
+            y0_d = float(np.sum(e * (yw - A * g)) / np.sum(e * e))
+        ssr = float(np.sum((yw - y0_d * e - a_d * g) ** 2))
+        if best is None or ssr < best[0]:
+            best = (ssr, y0_d, a_d, float(d))
+    assert best is not None
+    _, y0_s, a_s, d_s = best
+    if d_s == 0:
+        d_s = 1e-3 / span  # curve_fit's finite differences need a non-degenerate step
+
+    def model_free(x: np.ndarray, y0: float, a: float, d: float) -> np.ndarray:
+        return _relaxation(x, y0, a, d)
+
+    def model_fixed(x: np.ndarray, y0: float, d: float) -> np.ndarray:
+        assert A is not None
+        return _relaxation(x, y0, A, d)
+
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("error", optimize.OptimizeWarning)
+            with np.errstate(over="ignore", invalid="ignore"):
+                if A is None:
+                    popt, pcov = optimize.curve_fit(model_free, tau, yw, p0=[y0_s, a_s, d_s])
+                else:
+                    popt, pcov = optimize.curve_fit(model_fixed, tau, yw, p0=[y0_s, d_s])
+    except (RuntimeError, optimize.OptimizeWarning) as exc:
+        raise FitError(f"the decay fit did not converge: {exc}") from exc
+    if not np.all(np.isfinite(pcov)):
+        raise FitError("the decay fit's covariance is singular: D, A and y0 are not identifiable")
+    return [float(v) for v in popt], pcov
 
 
 # ---------------------------------------------------------------------------------------------
@@ -802,17 +885,3 @@ def edge_time(A: float, y_init: float, target: float = EDGE, *, D: float = 0.0) 
     if y_eq <= target:
         return math.inf
     return math.log((y_eq - y_init) / (y_eq - target)) / D
-
-
-def plateau_time(A: float, D: float, y_init: float, *, tol: float = 0.02) -> float:
-    """Epoch from which y stays within tol·|y_eq| of its plateau y_eq = A/D; inf without decay."""
-    if D <= 0:
-        return math.inf
-    y_eq = A / D
-    gap = abs(y_init - y_eq)
-    allowed = tol * abs(y_eq)
-    if gap <= allowed:
-        return 0.0
-    if allowed == 0:
-        return math.inf
-    return math.log(gap / allowed) / D

@@ -1,6 +1,7 @@
 """The worker: reap stale leases → claim the oldest queued job → run its probes → finish it.
 
-`edgetune worker [--device cuda:0] [--once]`, one per GPU, as many as you like on one database.
+`edgetune worker [--device cuda:0] [--once]` (or `python -m worker.main`), one per GPU, as many as
+you like on one database.
 A job's probes are stored as each finishes, so a job re-claimed after a crash resumes from them
 and never re-runs a finished probe. Training never holds a database transaction open: progress,
 heartbeat and cancel checks are one short commit at most about once a second, made from the probe
@@ -13,6 +14,7 @@ a worker that stops reporting for lease_seconds is presumed dead and its job is 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -22,8 +24,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -34,13 +37,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import queue, webhooks
 from app.config import Settings
 from app.datasets import DatasetPathError
-from app.db import make_engine, prepare_database, session_factory
+from app.db import DatabaseNotMigrated, make_engine, prepare_database, session_factory
+from app.logs import configure_logging
 from app.models import Job
 from app.schemas import RecommendationSpec
 from worker import recommend
 from worker.data import load_dataset
+from worker.law import OrderKind, effective_rate, order_kind, probe_order
 from worker.nets import SpecError
-from worker.probe import ProbeProgress, ProbeResult, device_name, pick_device
+from worker.plan import PlannedProbe
+from worker.probe import ProbeResult, device_name, pick_device
 
 logger = logging.getLogger("edgetune.worker")
 
@@ -80,11 +86,7 @@ class JobRun:
     log: JobLog
     phase: Phase = "loading-data"
     probes_total: int = 0
-    steps_total: int = 0
-    steps_stored: int = 0
     stored_keys: set[str] = field(default_factory=set)
-    # Share of the job's compute spent on probes (the rest is verification, when asked for).
-    probe_share: float = 0.98
     fraction: float = 0.0
     started: float = field(default_factory=time.monotonic)
     start_fraction: float = 0.0
@@ -132,10 +134,33 @@ class JobRun:
         self.phase = phase
         return self.report(force=True)
 
-    def store(self, probe: recommend.PlannedProbe, result: ProbeResult) -> None:
+    def on_progress(self, progress: recommend.Progress) -> bool:
+        """The engine's progress: written when due (at once at a milestone); False halts it."""
+        if self.phase == "loading-data":
+            # The ETA extrapolates this attempt's pace from here: stored probes came for free.
+            self.started, self.start_fraction = time.monotonic(), progress.fraction
+        self.phase, self.fraction = progress.phase, progress.fraction
+        return self.report(force=progress.milestone)
+
+    def planned(self, done: Mapping[str, ProbeResult], plan: list[PlannedProbe]) -> None:
+        self.probes_total = len(plan)
+        self.stored_keys = {p.key for p in plan if p.key in done}
+        remaining = [p.key for p in plan if p.key not in done]
+        self.log.info(
+            "%d probes planned, %d already stored; running %s",
+            len(plan),
+            len(plan) - len(remaining),
+            ", ".join(remaining) or "none",
+        )
+
+    def store(self, kind: OrderKind, probe: PlannedProbe, result: ProbeResult) -> None:
+        """Store a finished probe at once, with the order-parameter series the fits read."""
         if probe.key in self.stored_keys or result.outcome == "cancelled":
             return
         data = result.to_dict()
+        config = result.config
+        rate = effective_rate(config.learning_rate, config.momentum, config.batch_size)
+        data["order"] = probe_order(kind, result.records, rate).model_dump(mode="json")
         with self.sessions() as session:
             fresh = queue.store_probe(
                 session,
@@ -147,7 +172,6 @@ class JobRun:
                 seconds=result.seconds,
             )
         self.stored_keys.add(probe.key)
-        self.steps_stored += probe.config.steps
         self.log.info(
             "probe %s %s (%s, %.1f s)",
             probe.key,
@@ -162,91 +186,27 @@ class JobRun:
         if not self.set_phase("loading-data"):
             return self.finish_halted()
         dataset = load_dataset(spec.dataset, self.settings.data_roots, spec.seed).to(self.device)
-        plan = recommend.plan_probes(spec, dataset)
-        self.probes_total = len(plan)
-        self.steps_total = max(1, sum(p.config.steps for p in plan))
-        if spec.verify:
-            # Probe compute is probe_fraction of one full run; verification is one full run.
-            self.probe_share = spec.budget.probe_fraction / (spec.budget.probe_fraction + 1.0)
         with self.sessions() as session:
             stored = queue.stored_probes(session, self.job.id)
-        results: dict[str, ProbeResult] = {}
-        for probe in plan:
-            if probe.key in stored:
-                results[probe.key] = ProbeResult.from_dict(stored[probe.key]["result"])
-                self.stored_keys.add(probe.key)
-                self.steps_stored += probe.config.steps
-        remaining = [p for p in plan if p.key not in stored]
-        self.log.info(
-            "%d probes planned, %d already stored; running %s",
-            len(plan),
-            len(plan) - len(remaining),
-            ", ".join(p.key for p in remaining) or "none",
-        )
-        self.fraction = self.probe_share * self.steps_stored / self.steps_total
-        # The ETA extrapolates this attempt's pace from here: stored probes came for free.
-        self.started, self.start_fraction = time.monotonic(), self.fraction
-        if not self.set_phase("probing"):
-            return self.finish_halted()
-        for group_id in sorted({p.group for p in remaining}):
-            group = [p for p in remaining if p.group == group_id]
-            group_results = recommend.run_group(
-                spec, dataset, group, device=self.device, on_progress=self.probe_callback(group)
-            )
-            for probe, result in zip(group, group_results, strict=True):
-                self.store(probe, result)
-                results[probe.key] = result
-            if self.halt is not None or not self.report(force=True):
-                return self.finish_halted()
-
-        if not self.set_phase("fitting"):
-            return self.finish_halted()
-        cost = {
-            "device": str(self.device),
-            "probe_seconds": sum(r.seconds for r in results.values()),
-            "probe_steps": sum(r.steps_done for r in results.values()),
-            "attempts": self.job.attempts,
-        }
-        recommendation = recommend.recommend(
+        done = {key: ProbeResult.from_dict(row["result"]) for key, row in stored.items()}
+        recommendation = recommend.run(
             spec,
             dataset,
-            plan,
-            results,
             device=self.device,
-            on_progress=self.verify_callback(),
-            cost=cost,
+            done=done,
+            attempts=self.job.attempts,
+            on_plan=partial(self.planned, done),
+            on_probe=partial(self.store, order_kind(spec)),
+            on_progress=self.on_progress,
         )
-        if self.halt is not None:
+        if recommendation is None or self.halt is not None:
             return self.finish_halted()
+        result = recommendation.model_dump(mode="json")
         with self.sessions() as session:
-            done = queue.complete(
-                session, self.job.id, worker_id=self.worker_id, result=recommendation
-            )
-        self.log.info("succeeded" if done else "finished, but the lease was lost: result dropped")
-
-    def probe_callback(self, group: list[recommend.PlannedProbe]) -> Any:
-        def on_progress(p: ProbeProgress) -> bool:
-            steps = 0
-            for probe, frozen in zip(group, p.results_so_far, strict=True):
-                if frozen is not None:
-                    # A member stopped early is finished: store it now, not at the group's end.
-                    self.store(probe, frozen)
-                else:
-                    steps += min(p.step, probe.config.steps)
-            self.fraction = self.probe_share * (self.steps_stored + steps) / self.steps_total
-            return self.report()
-
-        return on_progress
-
-    def verify_callback(self) -> Any:
-        def on_progress(p: ProbeProgress) -> bool:
-            if self.phase != "verifying":
-                self.phase = "verifying"
-            share = 1.0 - self.probe_share
-            self.fraction = self.probe_share + share * p.step / max(1, p.steps_total)
-            return self.report()
-
-        return on_progress
+            finished = queue.complete(session, self.job.id, worker_id=self.worker_id, result=result)
+        self.log.info(
+            "succeeded" if finished else "finished, but the lease was lost: result dropped"
+        )
 
     def finish_halted(self) -> None:
         with self.sessions() as session:
@@ -360,11 +320,35 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m worker.main [--device D] [--once]` is `edgetune worker [--device D] [--once]`."""
-    from app.cli import main as cli_main
+def start(settings: Settings, *, device: str | None, once: bool) -> int:
+    """`edgetune worker`: check the database, then run the worker loop until SIGTERM/SIGINT (or
+    one job with `once`). Raises app.db.DatabaseNotMigrated, before anything else starts, when the
+    database is not at the code's revision (the embedded default is migrated instead)."""
+    engine = make_engine(settings)
+    try:
+        prepare_database(settings, engine)
+    finally:
+        engine.dispose()
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return run_worker(settings, device=device, once=once, stop=stop)
 
-    return cli_main(["worker", *(sys.argv[1:] if argv is None else argv)])
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m worker.main [--device D] [--once]`: a worker on EDGETUNE_DATABASE_URL."""
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.main", description="Claim and run queued edgetune jobs."
+    )
+    parser.add_argument("--device", help="torch device, e.g. cuda:0 (default: cuda if present)")
+    parser.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    configure_logging(os.environ.get("EDGETUNE_LOG_LEVEL", "INFO"), settings.log_format)
+    try:
+        return start(settings, device=args.device, once=args.once)
+    except DatabaseNotMigrated as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

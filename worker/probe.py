@@ -24,6 +24,10 @@ The engine takes values and returns values: no database, no printing. It reports
 `on_progress` after every measurement (which can cancel the run) and lets the caller stop single
 members early through `stop_when`. Divergence (a non-finite loss, or J exploding) is an outcome of
 the member, not an exception; the rest of the population carries on.
+
+Inside, `run_population` is a short loop over a `_Population` (the stacked members, their data and
+the vmapped functions that step, measure and evaluate them) and a `_Ledger` (each member's records
+and result); after every measurement the pure `judge` decides each member's fate.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,10 +110,6 @@ class ProbeConfig:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, not {self.steps}")
-
-    @property
-    def paper_lambda(self) -> float:
-        return self.weight_decay / 2
 
 
 @dataclass
@@ -319,8 +320,9 @@ def _member_losses(logits: Tensor, targets: Tensor) -> Tensor:
     return -picked.mean(-1)
 
 
-class _Population:
-    """The live members' state, stacked along dim 0 in the order of `members`."""
+class _Stack:
+    """The live members' parameters and SGD state, stacked along dim 0 in the order of `members`;
+    PyTorch's SGD applied to all of them at once."""
 
     def __init__(
         self,
@@ -427,6 +429,291 @@ def _finite(values: list[float] | None) -> bool:
     return values is None or all(math.isfinite(v) for v in values)
 
 
+def finite_record(record: ProbeRecord) -> bool:
+    """Every number in the record is finite (records are kept only then: strict JSON)."""
+    finite = all(_finite(v) for v in (record.J, record.J0, record.chi, record.apjn))
+    return finite and all(
+        v is None or math.isfinite(v) for v in (record.train_loss, record.val_loss)
+    )
+
+
+Verdict = tuple[Outcome, str | None]
+
+
+def judge(
+    record: ProbeRecord,
+    *,
+    steps: int,
+    loss_failed_at: int | None,
+    stop: Callable[[], bool] | None = None,
+) -> Verdict | None:
+    """What becomes of a member after its measurement `record`: None trains on, else it freezes
+    with (outcome, reason).
+
+    In this order: a loss that went non-finite since the last record (at step `loss_failed_at`), a
+    non-finite order parameter, or J past J_BOUND: diverged; its last step (`steps`): completed;
+    `stop()`, asked only when nothing else decided: stopped.
+    """
+    step = record.step
+    if loss_failed_at is not None:
+        return "diverged", f"non-finite loss at step {loss_failed_at}"
+    if not finite_record(record):
+        return "diverged", f"non-finite order parameter at step {step}"
+    if max(record.J) > J_BOUND:
+        layer = max(range(len(record.J)), key=lambda i: record.J[i])
+        return "diverged", f"J exploded (J_{layer} = {record.J[layer]:.3g}) at step {step}"
+    if step == steps:
+        return "completed", None
+    if stop is not None and stop():
+        return "stopped", f"stop_when at step {step}"
+    return None
+
+
+class _Population:
+    """A population in training: its stacked members, the data they train on, and the vmapped
+    functions that step, measure and evaluate every live member at once."""
+
+    def __init__(
+        self,
+        model_spec: ModelSpec,
+        dataset: Dataset,
+        configs: list[ProbeConfig],
+        *,
+        device: torch.device,
+        val_examples: int,
+    ) -> None:
+        self.configs = configs
+        self.device = device
+        self.data = data = dataset.to(device)
+        self.batch = configs[0].batch_size
+        self.train_size = data.train_size
+        self.steps_per_epoch = self.train_size // self.batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size {self.batch} exceeds the {self.train_size} training examples"
+            )
+        models = [init_model(model_spec, dataset, c.seed).to(device) for c in configs]
+        template = models[0]
+        infos = layer_infos(template)
+        self.is_edge = isinstance(template, EdgeNet)
+
+        fixed = torch.Generator().manual_seed(MEASURE_SEED)
+        measure_idx = torch.randperm(self.train_size, generator=fixed)[:MEASURE_BATCH].to(device)
+        self.x_measure = x_measure = data.x_train[measure_idx]
+        self.y_measure = data.y_train[measure_idx]
+        x_apjn = x_measure[:APJN_BATCH]
+        vectors: list[Tensor] | None = None
+        if self.is_edge:
+            with torch.no_grad():
+                _, _, preacts = template(x_apjn, trace=True)
+            vectors = [
+                random_unit_vectors(APJN_VECTORS, h.shape[0], tuple(h.shape[1:]), fixed, device)
+                for h in preacts
+            ]
+        self.n_val = min(val_examples, int(data.x_val.shape[0]))
+        self.x_val, self.y_val = data.x_val[: self.n_val], data.y_val[: self.n_val]
+
+        params, buffers = stack_module_state(models)
+        self.stack = _Stack(configs, params, buffers, device)
+        # The template only supplies the structure; its own storage is not needed.
+        self.template = template = template.to("meta")
+        del models, params, buffers
+        # randomness="different": dropout (some torchvision models) draws its own mask per member.
+        self.train_logits = vmap(self._logits, in_dims=(0, 0, 0), randomness="different")
+        self.shared_logits = vmap(self._logits, in_dims=(0, 0, None))  # all on the same batch
+        self.measure_all = vmap(lambda p: measure(template, p, x_measure, infos))
+        self.apjn_all = vmap(lambda p: measure(template, p, x_apjn, infos, vectors)["apjn"])
+        self.generators = [_order_generator(c.seed) for c in configs]
+
+    def _logits(self, p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+        out: Tensor = functional_call(self.template, (p, b), (x,))
+        return out
+
+    @property
+    def members(self) -> list[int]:
+        """Indices into configs of the live members, in the order they are stacked."""
+        return self.stack.members
+
+    def train_step(self, step: int) -> None:
+        """One SGD step of every live member, each on its own minibatch."""
+        stack = self.stack
+        position = step % self.steps_per_epoch
+        if position == 0:
+            stack.order = torch.stack(
+                [
+                    torch.randperm(self.train_size, generator=self.generators[m])
+                    for m in self.members
+                ]
+            ).to(self.device)
+        idx = stack.order[:, position * self.batch : (position + 1) * self.batch]
+        logits = self.train_logits(stack.params, stack.buffers, self.data.x_train[idx])
+        losses = _member_losses(logits, self.data.y_train[idx])
+        grads = torch.autograd.grad(losses.sum(), tuple(stack.params.values()))
+        stack.sgd_step(grads)
+        # Read at the next record: no host sync per step. Until then a member whose loss went
+        # non-finite keeps stepping; its values are meaningless anyway and touch no other.
+        stack.losses.append(losses.detach())
+
+    def evaluate(self) -> tuple[list[float], list[float]]:
+        """Mean validation loss and accuracy per member, in chunks (memory ∝ P × chunk)."""
+        self.template.eval()  # dropout off; BatchNorm keeps using batch statistics
+        stack = self.stack
+        members = len(stack.members)
+        loss_sum = torch.zeros(members, device=self.device)
+        correct = torch.zeros(members, device=self.device)
+        for s in range(0, self.n_val, VAL_CHUNK):
+            x, y = self.x_val[s : s + VAL_CHUNK], self.y_val[s : s + VAL_CHUNK]
+            logits = self.shared_logits(stack.params, stack.buffers, x)  # (P, chunk, classes)
+            loss_sum += _member_losses(logits, y.expand(members, -1)) * x.shape[0]
+            correct += (logits.argmax(-1) == y).sum(1)
+        self.template.train()
+        return (loss_sum / self.n_val).tolist(), (correct / self.n_val).tolist()
+
+    def _train_losses(self, step: int, last_record: int) -> tuple[list[float], list[int | None]]:
+        """Per live member: its mean loss since the last record, and the first step since then
+        at which it was not finite (None: it stayed finite). At step 0: the measurement batch's."""
+        stack = self.stack
+        if step == 0:
+            logits = self.shared_logits(stack.params, stack.buffers, self.x_measure)
+            losses = _member_losses(logits, self.y_measure.expand(len(stack.members), -1))
+            return losses.tolist(), [None] * len(stack.members)
+        per_step = torch.stack(stack.losses).cpu()  # (steps since last record, P)
+        ok = torch.isfinite(per_step)
+        failed_at: list[int | None] = [
+            last_record + int(ok[:, i].logical_not().nonzero()[0])
+            if not bool(ok[:, i].all())
+            else None
+            for i in range(len(stack.members))
+        ]
+        return per_step.mean(0).tolist(), failed_at
+
+    def measure(
+        self, step: int, last_record: int, with_eval: bool
+    ) -> list[tuple[ProbeRecord, int | None]]:
+        """Measure every live member: its record, and where its loss went non-finite (or None)."""
+        stack = self.stack
+        with torch.no_grad():
+            host = {k: v.cpu().tolist() for k, v in self.measure_all(stack.params).items()}
+            train_loss, failed_at = self._train_losses(step, last_record)
+            stack.losses.clear()
+            val_loss: list[float] | None = None
+            val_accuracy: list[float] | None = None
+            apjn: list[list[float]] | None = None
+            if with_eval:
+                if self.n_val > 0:
+                    val_loss, val_accuracy = self.evaluate()
+                if self.is_edge:
+                    apjn = self.apjn_all(stack.params).cpu().tolist()
+        measured = []
+        for position in range(len(stack.members)):
+            lyapunov = host["lyapunov"][position] if "lyapunov" in host else None
+            record = ProbeRecord(
+                step=step,
+                epoch=step * self.batch / self.train_size,
+                J=host["J"][position],
+                J0=host["J0"][position],
+                chi=host["chi"][position] if "chi" in host else None,
+                # ln χ = −inf (a dead ReLU layer) is no exponent worth storing.
+                lyapunov=lyapunov if lyapunov is not None and math.isfinite(lyapunov) else None,
+                apjn=apjn[position] if apjn is not None else None,
+                train_loss=train_loss[position],
+                val_loss=val_loss[position] if val_loss is not None else None,
+                val_accuracy=val_accuracy[position] if val_accuracy is not None else None,
+            )
+            measured.append((record, failed_at[position]))
+        return measured
+
+    def member_params(self, position: int) -> dict[str, Tensor]:
+        """A copy of one live member's parameters on the CPU."""
+        return {
+            k: v[position].detach().to("cpu").clone(memory_format=torch.contiguous_format)
+            for k, v in self.stack.params.items()
+        }
+
+
+@dataclass
+class _Ledger:
+    """Per member: every record so far, and its result once frozen."""
+
+    configs: list[ProbeConfig]
+    start: float  # perf_counter at the population's start
+    keep_params: bool
+    records: list[list[ProbeRecord]] = field(init=False)
+    results: list[ProbeResult | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.records = [[] for _ in self.configs]
+        self.results = [None] * len(self.configs)
+
+    def freeze(
+        self, pop: _Population, position: int, step: int, outcome: Outcome, reason: str | None
+    ) -> None:
+        member = pop.members[position]
+        self.results[member] = ProbeResult(
+            config=self.configs[member],
+            outcome=outcome,
+            reason=reason,
+            records=self.records[member],
+            steps_done=step,
+            seconds=(time.perf_counter() - self.start) / len(self.configs),
+            params=pop.member_params(position) if self.keep_params else None,
+        )
+        logger.debug("probe %d %s at step %d: %s", member, outcome, step, reason)
+
+    def judge_all(
+        self,
+        pop: _Population,
+        measured: list[tuple[ProbeRecord, int | None]],
+        stop_when: Callable[[int, list[ProbeRecord]], bool] | None,
+    ) -> None:
+        """Keep each finite record, freeze the members that are done, drop them from `pop`."""
+        keep: list[int] = []
+        for position, (record, failed_at) in enumerate(measured):
+            member = pop.members[position]
+            if finite_record(record):  # records hold finite numbers only: strict JSON
+                self.records[member].append(record)
+            stop = partial(stop_when, member, self.records[member]) if stop_when else None
+            steps = self.configs[member].steps
+            verdict = judge(record, steps=steps, loss_failed_at=failed_at, stop=stop)
+            if verdict is None:
+                keep.append(position)
+            else:
+                self.freeze(pop, position, record.step, *verdict)
+        if len(keep) < len(pop.members):
+            pop.stack.keep(keep)
+
+    def progress(self, step: int) -> ProbeProgress:
+        return ProbeProgress(
+            step=step,
+            steps_total=max(c.steps for c in self.configs),
+            seconds=time.perf_counter() - self.start,
+            records=[list(r) for r in self.records],
+            results_so_far=list(self.results),
+        )
+
+    def finished(self) -> list[ProbeResult]:
+        finished = [r for r in self.results if r is not None]
+        assert len(finished) == len(self.configs)
+        return finished
+
+
+def _check(configs: list[ProbeConfig], measure_every: int | None, eval_every: int | None) -> None:
+    if not configs:
+        raise ValueError("a population needs at least one config")
+    batch = configs[0].batch_size
+    if any(c.batch_size != batch for c in configs):
+        sizes = sorted({c.batch_size for c in configs})
+        raise ValueError(f"all configs of a population share one batch size (got {sizes})")
+    if measure_every is not None and measure_every < 0:
+        raise ValueError(f"measure_every must be >= 0, not {measure_every}")
+    if eval_every is not None and eval_every < 0:
+        raise ValueError(f"eval_every must be >= 0, not {eval_every}")
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
 def run_population(
     model_spec: ModelSpec,
     dataset: Dataset,
@@ -453,223 +740,31 @@ def run_population(
     each result carries its member's final parameters (on the CPU). Validation uses the first
     `val_examples` validation examples (all of them where there are fewer).
     """
-    if not configs:
-        raise ValueError("a population needs at least one config")
-    batch = configs[0].batch_size
-    if any(c.batch_size != batch for c in configs):
-        sizes = sorted({c.batch_size for c in configs})
-        raise ValueError(f"all configs of a population share one batch size (got {sizes})")
-    if measure_every is not None and measure_every < 0:
-        raise ValueError(f"measure_every must be >= 0, not {measure_every}")
-    if eval_every is not None and eval_every < 0:
-        raise ValueError(f"eval_every must be >= 0, not {eval_every}")
-    start = time.perf_counter()
+    _check(configs, measure_every, eval_every)
+    ledger = _Ledger(configs, time.perf_counter(), keep_params)
     if device.type == "cpu":
         keep_freed_memory_on_heap()
-    data = dataset.to(device)
-    train_size = data.train_size
-    steps_per_epoch = train_size // batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {batch} exceeds the {train_size} training examples")
-    default_measure, default_eval = default_intervals(train_size, batch)
+    pop = _Population(model_spec, dataset, configs, device=device, val_examples=val_examples)
+    default_measure, default_eval = default_intervals(pop.train_size, pop.batch)
     measure_every = default_measure if measure_every is None else measure_every
     eval_every = default_eval if eval_every is None else eval_every
-
-    models = [init_model(model_spec, dataset, c.seed).to(device) for c in configs]
-    template = models[0]
-    infos = layer_infos(template)
-    is_edge = isinstance(template, EdgeNet)
-
-    fixed = torch.Generator().manual_seed(MEASURE_SEED)
-    measure_idx = torch.randperm(train_size, generator=fixed)[:MEASURE_BATCH].to(device)
-    x_measure = data.x_train[measure_idx]
-    y_measure = data.y_train[measure_idx]
-    x_apjn = x_measure[:APJN_BATCH]
-    vectors: list[Tensor] | None = None
-    if is_edge:
-        with torch.no_grad():
-            _, _, preacts = template(x_apjn, trace=True)
-        vectors = [
-            random_unit_vectors(APJN_VECTORS, h.shape[0], tuple(h.shape[1:]), fixed, device)
-            for h in preacts
-        ]
-    n_val = min(val_examples, int(data.x_val.shape[0]))
-    x_val, y_val = data.x_val[:n_val], data.y_val[:n_val]
-
-    params, buffers = stack_module_state(models)
-    pop = _Population(configs, params, buffers, device)
-    # The template only supplies the structure; its own storage is not needed.
-    template = template.to("meta")
-    del models, params, buffers
-
-    def logits_fn(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
-        out: Tensor = functional_call(template, (p, b), (x,))
-        return out
-
-    # randomness="different": dropout (some torchvision models) draws its own mask per member.
-    train_logits = vmap(logits_fn, in_dims=(0, 0, 0), randomness="different")
-    shared_logits = vmap(logits_fn, in_dims=(0, 0, None))  # every member on the same batch
-    measure_all = vmap(lambda p: measure(template, p, x_measure, infos))
-    apjn_all = vmap(lambda p: measure(template, p, x_apjn, infos, vectors)["apjn"])
-
-    def evaluate() -> tuple[list[float], list[float]]:
-        """Mean validation loss and accuracy per member, in chunks (memory ∝ P × chunk)."""
-        template.eval()  # dropout off; BatchNorm keeps using batch statistics
-        members = len(pop.members)
-        loss_sum = torch.zeros(members, device=device)
-        correct = torch.zeros(members, device=device)
-        for s in range(0, n_val, VAL_CHUNK):
-            x, y = x_val[s : s + VAL_CHUNK], y_val[s : s + VAL_CHUNK]
-            logits = shared_logits(pop.params, pop.buffers, x)  # (P, chunk, classes)
-            loss_sum += _member_losses(logits, y.expand(members, -1)) * x.shape[0]
-            correct += (logits.argmax(-1) == y).sum(1)
-        template.train()
-        return (loss_sum / n_val).tolist(), (correct / n_val).tolist()
-
-    n = len(configs)
-    records: list[list[ProbeRecord]] = [[] for _ in configs]
-    results: list[ProbeResult | None] = [None] * n
-    steps_total = max(c.steps for c in configs)
-    generators = [_order_generator(c.seed) for c in configs]
-
-    def freeze(position: int, step: int, outcome: Outcome, reason: str | None) -> None:
-        member = pop.members[position]
-        kept = None
-        if keep_params:
-            kept = {
-                k: v[position].detach().to("cpu").clone(memory_format=torch.contiguous_format)
-                for k, v in pop.params.items()
-            }
-        results[member] = ProbeResult(
-            config=configs[member],
-            outcome=outcome,
-            reason=reason,
-            records=records[member],
-            steps_done=step,
-            seconds=(time.perf_counter() - start) / n,
-            params=kept,
-        )
-        logger.debug("probe %d %s at step %d: %s", member, outcome, step, reason)
-
-    def record_and_judge(step: int, last_record: int, with_eval: bool) -> bool:
-        """Measure every live member, append its record, freeze those that are done.
-
-        Returns False when on_progress cancelled the run.
-        """
-        with torch.no_grad():
-            host = {k: v.cpu().tolist() for k, v in measure_all(pop.params).items()}
-            if step == 0:
-                logits = shared_logits(pop.params, pop.buffers, x_measure)
-                losses = _member_losses(logits, y_measure.expand(len(pop.members), -1))
-                train_loss = losses.tolist()
-                bad_since = [-1] * len(pop.members)
-            else:
-                per_step = torch.stack(pop.losses).cpu()  # (steps since last record, P)
-                train_loss = per_step.mean(0).tolist()
-                ok = torch.isfinite(per_step)
-                bad_since = [
-                    last_record + int(ok[:, i].logical_not().nonzero()[0])
-                    if not bool(ok[:, i].all())
-                    else -1
-                    for i in range(len(pop.members))
-                ]
-            pop.losses.clear()
-            val_loss: list[float] | None = None
-            val_accuracy: list[float] | None = None
-            apjn: list[list[float]] | None = None
-            if with_eval:
-                if n_val > 0:
-                    val_loss, val_accuracy = evaluate()
-                if is_edge:
-                    apjn = apjn_all(pop.params).cpu().tolist()
-        keep: list[int] = []
-        for position, member in enumerate(pop.members):
-            lyapunov = host["lyapunov"][position] if "lyapunov" in host else None
-            record = ProbeRecord(
-                step=step,
-                epoch=step * batch / train_size,
-                J=host["J"][position],
-                J0=host["J0"][position],
-                chi=host["chi"][position] if "chi" in host else None,
-                # ln χ = −inf (a dead ReLU layer) is no exponent worth storing.
-                lyapunov=lyapunov if lyapunov is not None and math.isfinite(lyapunov) else None,
-                apjn=apjn[position] if apjn is not None else None,
-                train_loss=train_loss[position],
-                val_loss=val_loss[position] if val_loss is not None else None,
-                val_accuracy=val_accuracy[position] if val_accuracy is not None else None,
-            )
-            finite = all(_finite(v) for v in (record.J, record.J0, record.chi, record.apjn))
-            finite = finite and all(
-                v is None or math.isfinite(v) for v in (record.train_loss, record.val_loss)
-            )
-            if finite:  # records hold finite numbers only, so they stay strict JSON
-                records[member].append(record)
-            if bad_since[position] >= 0:
-                reason = f"non-finite loss at step {bad_since[position]}"
-                freeze(position, step, "diverged", reason)
-            elif not finite:
-                freeze(position, step, "diverged", f"non-finite order parameter at step {step}")
-            elif max(record.J) > J_BOUND:
-                layer = max(range(len(record.J)), key=lambda i: record.J[i])
-                reason = f"J exploded (J_{layer} = {record.J[layer]:.3g}) at step {step}"
-                freeze(position, step, "diverged", reason)
-            elif configs[member].steps == step:
-                freeze(position, step, "completed", None)
-            elif stop_when is not None and stop_when(member, records[member]):
-                freeze(position, step, "stopped", f"stop_when at step {step}")
-            else:
-                keep.append(position)
-        if len(keep) < len(pop.members):
-            pop.keep(keep)
-        if on_progress is None:
-            return True
-        progress = ProbeProgress(
-            step=step,
-            steps_total=steps_total,
-            seconds=time.perf_counter() - start,
-            records=[list(r) for r in records],
-            results_so_far=list(results),
-        )
-        if on_progress(progress):
-            return True
-        for position in range(len(pop.members)):
-            freeze(position, step, "cancelled", f"cancelled at step {step}")
-        return False
-
     # The dropout masks of torchvision models come from the global generator: seed it (on a fork,
     # so the caller's RNG is untouched) so that the same configs give the same run.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(configs[0].seed)
-        step = 0
-        last_record = 0
+        step = last_record = 0
         while pop.members:
             finishing = any(configs[m].steps == step for m in pop.members)
-            if (
-                step == 0
-                or finishing
-                or (measure_every > 0 and step % measure_every == 0)
-                or (eval_every > 0 and step % eval_every == 0)
-            ):
-                with_eval = eval_every > 0 and (step % eval_every == 0 or finishing)
-                if not record_and_judge(step, last_record, with_eval) or not pop.members:
+            if step == 0 or finishing or _due(step, measure_every) or _due(step, eval_every):
+                with_eval = _due(step, eval_every) or (eval_every > 0 and finishing)
+                ledger.judge_all(pop, pop.measure(step, last_record, with_eval), stop_when)
+                if on_progress is not None and not on_progress(ledger.progress(step)):
+                    for position in range(len(pop.members)):
+                        ledger.freeze(pop, position, step, "cancelled", f"cancelled at step {step}")
+                    break
+                if not pop.members:
                     break
                 last_record = step
-
-            position = step % steps_per_epoch
-            if position == 0:
-                pop.order = torch.stack(
-                    [torch.randperm(train_size, generator=generators[m]) for m in pop.members]
-                ).to(device)
-            idx = pop.order[:, position * batch : (position + 1) * batch]
-            logits = train_logits(pop.params, pop.buffers, data.x_train[idx])
-            losses = _member_losses(logits, data.y_train[idx])
-            grads = torch.autograd.grad(losses.sum(), tuple(pop.params.values()))
-            pop.sgd_step(grads)
-            # Read at the next record: no host sync per step. Until then a member whose loss went
-            # non-finite keeps stepping; its values are meaningless anyway and touch no other.
-            pop.losses.append(losses.detach())
+            pop.train_step(step)
             step += 1
-
-    finished = [r for r in results if r is not None]
-    assert len(finished) == n
-    return finished
+    return ledger.finished()

@@ -1,0 +1,3 @@
+from edgetune_cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,269 @@
+"""The commands that talk to a server through `edgetune.Client`: recommend, jobs, plots.
+
+The server is --url or EDGETUNE_URL when given; else the local default when one answers there;
+else an embedded one (API + worker on the SQLite default) started for this one command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pydantic import BaseModel
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from edgetune.client import (
+    DEFAULT_URL,
+    Client,
+    EdgetuneError,
+    JobCancelled,
+    JobFailed,
+    Unreachable,
+)
+from edgetune.schemas import PLOT_NAMES, Estimate, JobOut, OrderParameter, Recommendation
+from edgetune_cli.local import embedded
+from edgetune_cli.output import CliError, err, out
+
+# A live progress bar: poll every second rather than backing off like a pipeline would.
+POLL_SECONDS = 1.0
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/livez", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def reach(url: str | None) -> Iterator[Client]:
+    """A client for the server this command talks to (see the module docstring)."""
+    given = url or os.environ.get("EDGETUNE_URL")
+    if given or _answers(DEFAULT_URL):
+        with Client(given or DEFAULT_URL) as client:
+            yield client
+        return
+    err.print(
+        f"no server at {DEFAULT_URL}: running embedded (API + worker on the SQLite default "
+        "in the data dir) for this command"
+    )
+    with embedded() as local, Client(local) as client:
+        yield client
+
+
+@contextmanager
+def errors_explained() -> Iterator[None]:
+    """The client's errors as messages a person can act on."""
+    try:
+        yield
+    except Unreachable as exc:
+        raise CliError(f"{exc}; start it with `edgetune serve` or pass --url", code=2) from exc
+    except (JobFailed, JobCancelled) as exc:
+        job = exc.job
+        raise CliError(f"job {job.id} {job.status}: {job.error or 'no error'}") from exc
+    except EdgetuneError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise CliError(f"{path} is not valid {kind}: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise CliError(f"{path} must hold a mapping (model, dataset, optimizer, budget, ...)")
+    return spec
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def follow(client: Client, job: JobOut) -> JobOut:
+    """Wait for the job, showing phase, probes done/total and ETA on stderr."""
+    columns = (
+        TextColumn("[bold]{task.fields[status]:<9}[/] {task.fields[phase]:<12}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("probes {task.fields[probes]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+        TimeElapsedColumn(),
+    )
+    last_line = ""
+    with Progress(*columns, console=err) as bar:
+        task = bar.add_task(job.id, total=1.0, status="", phase="", probes="–", eta="–")
+
+        def show(job: JobOut) -> None:
+            nonlocal last_line
+            p = job.progress
+            probes = f"{p.probes_done}/{p.probes_total or '?'}"
+            if not err.is_terminal:
+                # No live bar in a log file: one line whenever the state moves on.
+                line = f"{job.status} {p.phase} probes {probes}"
+                if line != last_line:
+                    err.print(f"{line} ({p.fraction:.0%})")
+                    last_line = line
+            bar.update(
+                task,
+                completed=p.fraction,
+                status=job.status,
+                phase=p.phase,
+                probes=probes,
+                eta=_eta(p.eta_seconds),
+            )
+
+        show(job)
+        return client.wait(job.id, poll=POLL_SECONDS, max_poll=POLL_SECONDS, on_progress=show)
+
+
+def _cell(value: object) -> str | None:
+    """A table cell for a scalar or an estimate; None for bulkier data (see --json)."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int | str):
+        return str(value)
+    if isinstance(value, Estimate) and value.value is not None:
+        text = f"{value.value:.4g}"
+        if value.low is not None and value.high is not None:
+            text += f" [{value.low:.4g}, {value.high:.4g}]"
+        return text
+    if isinstance(value, OrderParameter):
+        return value.name
+    return None
+
+
+def _facts(title: str, model: BaseModel) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    for name in type(model).model_fields:
+        cell = _cell(getattr(model, name))
+        if cell is not None:  # trajectories, fits, per-probe growth: see --json
+            table.add_row(name, cell)
+    return table
+
+
+def print_recommendation(result: Recommendation) -> None:
+    hyper = result.hyperparameters
+    if hyper is None:
+        # A finished job can still conclude that no configuration reaches the edge; it says why.
+        out.print(Text("No recommendation could be made.", style="bold"))
+    else:
+        out.print(_facts("Recommended hyperparameters", hyper))
+        args = ", ".join(f"{k}={v!r}" for k, v in hyper.torch_sgd_kwargs.model_dump().items())
+        out.print(f"torch.optim.SGD(model.parameters(), {args})", highlight=False)
+    out.print(_facts("Edge of chaos (predicted)", result.edge))
+    if result.verification is not None:
+        out.print(_facts("Verification run", result.verification))
+    validity = result.validity
+    flags = [name for name, on in validity.flags.items() if on]
+    verdict = "ok" if validity.ok else "check the warnings"
+    out.print(f"validity: {verdict}" + (f" (flags: {', '.join(flags)})" if flags else ""))
+    for warning in validity.warnings:
+        out.print(Text.assemble(("warning: ", "yellow"), warning))
+    if result.cost is not None:
+        cost = result.cost.model_dump()
+        out.print("cost: " + ", ".join(f"{k}={_cell(v)}" for k, v in cost.items()))
+    out.print("full result (fits, trajectories, per-probe growth): --json")
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    spec = load_spec(Path(args.spec))
+    with reach(args.url) as client, errors_explained():
+        # The server validates (it may be newer than this client); a bad spec is its 422.
+        job = client.submit(spec, idempotency_key=args.idempotency_key, check=False)
+        if not args.wait:
+            if args.json:
+                out.print_json(job.model_dump_json())
+            else:
+                follow_up = f"follow it with `edgetune jobs show {job.id}`"
+                out.print(f"job {job.id} {job.status}: {follow_up}")
+            return 0
+        err.print(f"job {job.id} submitted to {client.url}")
+        try:
+            follow(client, job)
+        except KeyboardInterrupt:
+            err.print(f"stopped following; the job goes on (`edgetune jobs cancel {job.id}`)")
+            return 130
+        result = client.recommendation(job.id)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print_recommendation(result)
+    return 0
+
+
+def print_job(job: JobOut) -> None:
+    p = job.progress
+    table = Table(title=f"job {job.id}", show_header=False)
+    for name in ("status", "attempts", "created_at", "started_at", "finished_at", "error"):
+        table.add_row(name, str(getattr(job, name)))
+    table.add_row("phase", p.phase)
+    table.add_row("probes", f"{p.probes_done}/{p.probes_total}")
+    table.add_row("done", f"{p.fraction:.0%}")
+    table.add_row("eta", _eta(p.eta_seconds))
+    out.print(table)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with reach(args.url) as client, errors_explained():
+        if args.jobs_command == "list":
+            page = client.page(args.status, args.page_size, args.page_token)
+            if args.json:
+                out.print_json(page.model_dump_json())
+                return 0
+            table = Table("id", "status", "phase", "done", "created")
+            for job in page.jobs:
+                p = job.progress
+                table.add_row(
+                    job.id, job.status, p.phase, f"{p.fraction:.0%}", str(job.created_at)
+                )
+            out.print(table)
+            if page.next_page_token:
+                out.print(f"more: --page-token {page.next_page_token}")
+            return 0
+        cancel = args.jobs_command == "cancel"
+        job = client.cancel(args.id) if cancel else client.job(args.id)
+    if args.json:
+        out.print_json(job.model_dump_json())
+    else:
+        print_job(job)
+    return 0
+
+
+def cmd_plots(args: argparse.Namespace) -> int:
+    """Download the job's plots (PNG and SVG) into --out."""
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with Client(args.url) as client:
+        for name in PLOT_NAMES:
+            for fmt in ("png", "svg"):
+                try:
+                    body = client.plot(args.job, name, fmt)
+                except EdgetuneError as exc:
+                    code = 2 if isinstance(exc, Unreachable) else 1
+                    raise CliError(f"plot {name}: {exc}", code=code) from exc
+                path = out_dir / f"{name}.{fmt}"
+                path.write_bytes(body)
+                written.append(path)
+    for path in written:
+        out.print(f"{path}  ({path.stat().st_size // 1024} KiB)", highlight=False)
+    return 0

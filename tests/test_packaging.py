@@ -1,0 +1,92 @@
+"""The wheel, built and installed as a user would get it: it carries its migrations and its
+command, and migrates a fresh SQLite database with nothing from the source checkout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# What a wheel is built from; the rest of a checkout (venv, tests, benchmarks) is not needed.
+SOURCES = ("pyproject.toml", "README.md", "app", "worker", "edgetune", "edgetune_cli", "migrations")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    for name in SOURCES:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, src / name)
+    dist = tmp_path_factory.mktemp("dist")
+    # No build isolation: the test venv's setuptools builds it, offline.
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(dist), str(src)],
+        check=True,
+        capture_output=True,
+    )
+    (built,) = dist.glob("edgetune-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch venv holding the wheel; its dependencies come from this venv's site-packages
+    (a .pth line), so nothing is downloaded and the checkout itself is not importable."""
+    root = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    python = root / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+         "--no-deps", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return root
+
+
+def test_the_wheel_ships_its_migrations(wheel: Path) -> None:
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "app/migrations/env.py" in names
+    assert "app/migrations/script.py.mako" in names
+    assert any(n.startswith("app/migrations/versions/") and n.endswith(".py") for n in names)
+    assert "edgetune_cli/main.py" in names and "app/static/index.html" in names
+
+
+def test_the_installed_command_migrates_a_fresh_sqlite_database(
+    venv: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "fresh.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGETUNE_")}
+    env |= {"EDGETUNE_DATABASE_URL": f"sqlite:///{db}", "EDGETUNE_DATA_DIR": str(tmp_path)}
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import app.db; print(app.db.migrations_dir())"],
+        cwd=tmp_path, env=env, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    assert where.startswith(str(venv)), where  # the wheel's copy, not the checkout's
+    up = subprocess.run(
+        [str(venv / "bin" / "edgetune"), "db", "upgrade"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert up.returncode == 0, up.stderr
+    assert "(head)" in up.stdout
+    with sqlite3.connect(db) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"jobs", "probes", "alembic_version"} <= tables

@@ -1,0 +1,438 @@
+"""Probe results → fits → the typed recommendation (edgetune.schemas.Recommendation).
+
+Each growth probe's series gives a growth rate A (after the initial transient, before the edge);
+the rates across probes give the scaling law A = k·η^a·(1/B)^b·(1/(1−α))^c; the decay probe's bend
+gives D and with it the decay coefficient; `law.choose_config` then solves for the free knobs.
+Everything the fits doubted becomes a flag and a plain-language warning in `validity`; a run that
+cannot be recommended still returns a Recommendation, with `hyperparameters` null and the reason.
+Values in, values out: no torch training, no database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.schemas import (
+    DecayFit,
+    EdgeSummary,
+    Estimate,
+    GrowthFit,
+    Hyperparameters,
+    OrderKind,
+    ProbeGrowth,
+    Recommendation,
+    RecommendationSpec,
+    SaturatingDecay,
+    ScalingFit,
+    SGDKwargs,
+    TorchvisionSpec,
+    Trajectory,
+    Validity,
+)
+from worker import fit
+from worker.law import (
+    EDGE,
+    TRANSIENT_EPOCHS,
+    Choice,
+    choose_config,
+    edge_epoch,
+    effective_rate,
+    knobs,
+    order_description,
+    order_kind,
+    order_series,
+    predict,
+)
+from worker.plan import PlannedProbe
+from worker.probe import ProbeConfig, ProbeResult
+
+# Flags that make a recommendation doubtful (validity.ok false); the others only inform.
+DOUBTFUL = ("low_r2", "not_linear", "edge_unreachable", "exponents_off", "probe_diverged")
+SATURATING_NOTE = (
+    "weight_decay that holds the order parameter at the edge when training longer than the "
+    "recommended epochs; the recommended run itself reaches the edge at its end without decay"
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The recommendation (without run provenance or verification), and what verifying it needs:
+    the chosen configuration and the measured initial order parameter (None: no recommendation)."""
+
+    recommendation: Recommendation
+    choice: Choice | None
+    y0: float | None
+
+
+@dataclass(frozen=True)
+class MeasuredGrowth:
+    probe: PlannedProbe
+    result: ProbeResult
+    y0: float
+    growth: fit.GrowthFit | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class DecayMeasurement:
+    fitted: fit.DecayFit | None  # the last decay probe's fit
+    probe: fit.Knobs | None  # the knobs of the last probe whose D came out positive
+    coefficient: fit.Estimate | None  # c_D of that probe
+
+
+def _measure_growth(probe: PlannedProbe, result: ProbeResult, kind: OrderKind) -> MeasuredGrowth:
+    t, y = order_series(result.records, kind)
+    y0 = float(y[0]) if len(y) else math.nan
+    if result.outcome == "diverged":
+        return MeasuredGrowth(probe, result, y0, None, f"diverged: {result.reason}")
+    if y0 >= EDGE:
+        return MeasuredGrowth(probe, result, y0, None, "chaotic from the start")
+    # Fit the ordered part after the transient; short probes keep their second half.
+    t_min = min(TRANSIENT_EPOCHS, 0.5 * float(t[-1])) if len(t) else 0.0
+    try:
+        g = fit.fit_growth(t, y, t_min=t_min, edge=0.9 * EDGE)
+    except fit.FitError as exc:
+        return MeasuredGrowth(probe, result, y0, None, str(exc))
+    if g.chaotic:
+        # It crossed the edge during the transient: too fast to measure a growth rate.
+        return MeasuredGrowth(
+            probe,
+            result,
+            y0,
+            None,
+            "crossed the edge within the transient; "
+            "too fast for the growth law (left out of the fits)",
+        )
+    return MeasuredGrowth(probe, result, y0, g, None)
+
+
+def _free_knobs(spec: RecommendationSpec) -> tuple[fit.Knob, ...]:
+    opt = spec.optimizer
+    free: list[fit.Knob] = []
+    if opt.learning_rate is None:
+        free.append("eta")
+    if opt.batch_size is None:
+        free.append("batch")
+    if opt.momentum is None:
+        free.append("momentum")
+    return tuple(free)
+
+
+def _validated_regime(spec: RecommendationSpec, kind: OrderKind) -> str | None:
+    """Why the model lies outside the regime where the scaling laws were validated, or None."""
+    model = spec.model
+    if isinstance(model, TorchvisionSpec):
+        return (
+            "torchvision models (BatchNorm, residual connections) are outside the regime "
+            "where the scaling laws were validated; J² is only a proxy there"
+        )
+    if kind == "chi":
+        return (
+            "the scaling laws were validated on one tanh hidden layer (Fashion-MNIST); for "
+            "deeper or non-tanh networks they are an extrapolation (science.md §6)"
+        )
+    if spec.dataset.name not in ("fashion-mnist", "mnist"):
+        return "the scaling laws were validated on Fashion-MNIST; other data is an extrapolation"
+    return None
+
+
+def _rate(config: ProbeConfig) -> float:
+    return effective_rate(config.learning_rate, config.momentum, config.batch_size)
+
+
+def _no_recommendation(reason: str, kind: OrderKind, warnings: list[str]) -> Decision:
+    recommendation = Recommendation(
+        hyperparameters=None,
+        edge=EdgeSummary(order_parameter=order_description(kind)),
+        validity=Validity(
+            ok=False,
+            reason=reason,
+            flags={"no_recommendation": True},
+            warnings=[reason, *warnings],
+        ),
+    )
+    return Decision(recommendation, None, None)
+
+
+def _fit_scaling(spec: RecommendationSpec, usable: list[MeasuredGrowth]) -> fit.ScalingFit:
+    """The scaling law over the usable growth probes, in the knobs that are free and varied."""
+    cfgs = [g.probe.config for g in usable]
+    a_est = [g.growth.A for g in usable if g.growth]
+    free = tuple(
+        knob
+        for knob, values in (
+            ("eta", {c.learning_rate for c in cfgs}),
+            ("batch", {c.batch_size for c in cfgs}),
+            ("momentum", {c.momentum for c in cfgs}),
+        )
+        if knob in _free_knobs(spec) and len(values) > 1
+    )
+    n_params = 1 + len(free)
+    # Unweighted: the scatter of k between configurations (10.7–12.8 on Fashion-MNIST) is far
+    # larger than each slope's own error, so per-probe weights would overstate the precision.
+    return fit.fit_scaling(
+        [a.value for a in a_est],
+        [c.learning_rate for c in cfgs],
+        [c.batch_size for c in cfgs],
+        [c.momentum for c in cfgs],
+        # With no residual degrees of freedom the slopes' own errors are all there is.
+        A_se=[max(a.se, 1e-3 * a.value) for a in a_est] if len(a_est) <= n_params else None,
+        free=free,
+    )
+
+
+def _fit_decay(
+    plan: list[PlannedProbe],
+    results: Mapping[str, ProbeResult],
+    kind: OrderKind,
+    scaling: fit.ScalingFit,
+    warnings: list[str],
+) -> DecayMeasurement:
+    """Fit the bend of each decay probe, with A from its no-decay twin (the scaling law)."""
+    decay_fit: fit.DecayFit | None = None
+    decay_probe: fit.Knobs | None = None
+    c_est: fit.Estimate | None = None
+    for p in plan:
+        if p.purpose != "decay" or p.key not in results:
+            continue
+        cfg = p.config
+        knobs_ = fit.Knobs(cfg.learning_rate, cfg.momentum, cfg.batch_size, cfg.weight_decay)
+        a_twin = scaling.predict_A(cfg.learning_rate, cfg.batch_size, cfg.momentum, theory=True)
+        t, y = order_series(results[p.key].records, kind)
+        try:
+            decay_fit = fit.fit_decay(
+                t, y, A=a_twin.value, t_min=min(TRANSIENT_EPOCHS, 0.5 * float(t[-1]))
+            )
+        except fit.FitError as exc:
+            warnings.append(f"decay probe {p.key}: {exc}")
+            continue
+        warnings.extend(f"decay probe {p.key}: {w}" for w in decay_fit.warnings)
+        if decay_fit.D.value > 0:
+            decay_probe = knobs_
+            c_est = fit.decay_coefficient(decay_fit.D, knobs_)
+    return DecayMeasurement(decay_fit, decay_probe, c_est)
+
+
+def _batch_candidates(
+    spec: RecommendationSpec,
+    usable: list[MeasuredGrowth],
+    scaling: fit.ScalingFit,
+    warnings: list[str],
+) -> list[int]:
+    """Batch sizes over which the collapse in η/B held in the probes (largest preferred)."""
+    _, batch0 = knobs(spec)
+    big = [g for g in usable if g.probe.group == 1]
+    if spec.optimizer.batch_size is None and big:
+        b_exp = scaling.exponent("batch")
+        if b_exp.fitted and b_exp.value.contains(1.0) or abs(b_exp.value.value - 1) < 0.15:
+            return [batch0, 2 * batch0, 4 * batch0]
+        warnings.append(
+            f"growth did not scale as 1/B (exponent {b_exp.value.value:.2f}); "
+            f"keeping batch size {batch0}"
+        )
+    return [batch0]
+
+
+def _range_flags(
+    spec: RecommendationSpec,
+    plan: list[PlannedProbe],
+    usable: list[MeasuredGrowth],
+    choice: Choice,
+    flags: dict[str, bool],
+    warnings: list[str],
+) -> None:
+    """Flags (and warnings) for a recommendation outside what the probes measured."""
+    probed_eff = [_rate(g.probe.config) for g in usable]
+    run_eff = effective_rate(choice.learning_rate, choice.momentum, choice.batch_size)
+    flags["extrapolated"] = not (min(probed_eff) * 0.5 <= run_eff <= max(probed_eff) * 1.5)
+    if flags["extrapolated"]:
+        warnings.append(
+            f"the recommended η/((1−α)B) = {run_eff:.3g} lies outside the probed "
+            f"range [{min(probed_eff):.3g}, {max(probed_eff):.3g}]"
+        )
+    probe_epochs = max(p.epochs for p in plan)
+    flags["short_probes"] = probe_epochs < 1.0
+    if flags["short_probes"]:
+        warnings.append(
+            f"probes ran only {probe_epochs:.2f} epochs (probe budget): the initial "
+            "transient dominates and k is likely overestimated; raise "
+            "budget.probe_fraction for a more reliable result"
+        )
+    regime = _validated_regime(spec, order_kind(spec))
+    flags["outside_validated_regime"] = regime is not None
+    if regime:
+        warnings.append(regime)
+
+
+def _hyperparameters(choice: Choice) -> Hyperparameters:
+    return Hyperparameters(
+        learning_rate=choice.learning_rate,
+        momentum=choice.momentum,
+        batch_size=choice.batch_size,
+        weight_decay=choice.weight_decay,
+        epochs=choice.epochs,
+        paper_lambda=choice.weight_decay / 2,
+        effective_rate=effective_rate(choice.learning_rate, choice.momentum, choice.batch_size),
+        torch_sgd_kwargs=SGDKwargs(
+            lr=choice.learning_rate, momentum=choice.momentum, weight_decay=choice.weight_decay
+        ),
+    )
+
+
+def _probe_growth(g: MeasuredGrowth) -> ProbeGrowth:
+    cfg = g.probe.config
+    return ProbeGrowth(
+        key=g.probe.key,
+        learning_rate=cfg.learning_rate,
+        momentum=cfg.momentum,
+        batch_size=cfg.batch_size,
+        effective_rate=_rate(cfg),
+        growth=GrowthFit.model_validate(g.growth.to_dict()) if g.growth else None,
+        note=g.note,
+    )
+
+
+def _saturating(
+    decay: DecayMeasurement, a_run: fit.Estimate, choice: Choice
+) -> SaturatingDecay | None:
+    """The decay whose equilibrium A/D sits at the edge: for training beyond the budget
+    (science.md §4 step 3); independent of η, α and B under the growth law."""
+    if decay.fitted is None or decay.probe is None:
+        return None
+    run = fit.Knobs(choice.learning_rate, choice.momentum, choice.batch_size, choice.weight_decay)
+    edge_decay = fit.edge_weight_decay(a_run, decay.fitted.D, probe=decay.probe, run=run)
+    return SaturatingDecay.model_validate({**edge_decay.to_dict(), "note": SATURATING_NOTE})
+
+
+def _edge_summary(
+    kind: OrderKind,
+    y0: float,
+    choice: Choice,
+    scaling: fit.ScalingFit,
+    decay: DecayMeasurement,
+    growths: list[MeasuredGrowth],
+) -> EdgeSummary:
+    theory = scaling.theory_consistent
+    a_run = scaling.predict_A(
+        choice.learning_rate, choice.batch_size, choice.momentum, theory=theory
+    )
+    t_pred, y_pred = predict(choice, y0)
+    return EdgeSummary(
+        order_parameter=order_description(kind),
+        initial=y0,
+        predicted_edge_epoch=edge_epoch(choice, y0),
+        predicted_final=float(y_pred[-1]),
+        predicted_trajectory=Trajectory(epoch=t_pred.tolist(), value=y_pred.tolist()),
+        growth_rate_per_epoch=Estimate.model_validate(a_run.to_dict()),
+        decay_rate_per_epoch=choice.decay_rate,
+        k=Estimate.model_validate(scaling.k_theory.to_dict()),
+        growth_law="A = k·η/((1−α)B) (theory's exponents; the probes agree)"
+        if theory
+        else "A = k·η^a·(1/B)^b·(1/(1−α))^c with the fitted exponents (the probes' exponents "
+        "differ from 1)",
+        scaling=ScalingFit.model_validate(scaling.to_dict()),
+        decay_fit=DecayFit.model_validate(decay.fitted.to_dict()) if decay.fitted else None,
+        decay_coefficient=Estimate.model_validate(decay.coefficient.to_dict())
+        if decay.coefficient
+        else None,
+        saturating_weight_decay=_saturating(decay, a_run, choice),
+        probes=[_probe_growth(g) for g in growths],
+    )
+
+
+def _growth_probes(
+    plan: list[PlannedProbe], results: Mapping[str, ProbeResult], kind: OrderKind
+) -> tuple[list[MeasuredGrowth], list[str]]:
+    """Every finished growth probe's fit, and a warning for each one left out of the fits."""
+    growths = [
+        _measure_growth(p, results[p.key], kind)
+        for p in plan
+        if p.purpose == "growth" and p.key in results
+    ]
+    warnings = [
+        f"probe {g.probe.key} (η={g.probe.config.learning_rate:.3g}, "
+        f"α={g.probe.config.momentum:g}, B={g.probe.config.batch_size}): {g.note}"
+        for g in growths
+        if g.note
+    ]
+    return growths, warnings
+
+
+def decide(
+    spec: RecommendationSpec,
+    plan: list[PlannedProbe],
+    results: Mapping[str, ProbeResult],
+    *,
+    train_size: int,
+) -> Decision:
+    """Fit the probes and solve for the recommended configuration."""
+    kind = order_kind(spec)
+    growths, warnings = _growth_probes(plan, results, kind)
+    flags = {"probe_diverged": any(g.result.outcome == "diverged" for g in growths)}
+    y0s = [g.y0 for g in growths if math.isfinite(g.y0)]
+    if not y0s:
+        return _no_recommendation("no probe produced a measurement", kind, warnings)
+    y0 = float(np.median(y0s))
+    if y0 >= EDGE:
+        return _no_recommendation(
+            f"the network starts chaotic (order parameter {y0:.2f} ≥ 1 at initialisation): "
+            "training can only move it further from the edge. Initialise with a smaller "
+            "weight scale (e.g. init: {scheme: edge, J: 0.5}) and ask again.",
+            kind,
+            warnings,
+        )
+    usable = [g for g in growths if g.growth is not None and g.growth.A.value > 0]
+    if not usable:
+        return _no_recommendation(
+            "no probe showed measurable growth of the order parameter in the ordered phase",
+            kind,
+            warnings,
+        )
+    fits = [g.growth for g in usable if g.growth]
+    for g, f in zip(usable, fits, strict=True):
+        warnings.extend(f"probe {g.probe.key}: {w}" for w in f.warnings)
+    flags["low_r2"] = any((f.r2 or 0) < 0.98 for f in fits)
+    flags["not_linear"] = any(not f.linear for f in fits)
+    try:
+        scaling = _fit_scaling(spec, usable)
+    except fit.FitError as exc:
+        return _no_recommendation(f"the scaling fit failed: {exc}", kind, warnings)
+    warnings.extend(scaling.warnings)
+    flags["exponents_off"] = not scaling.theory_consistent
+    if not scaling.theory_consistent:
+        warnings.append(
+            "a fitted exponent's 95% interval excludes the theory's 1: the collapse "
+            "in η/((1−α)B) is only approximate for this model"
+        )
+    decay = _fit_decay(plan, results, kind, scaling, warnings)
+    candidates = _batch_candidates(spec, usable, scaling, warnings)
+    # Theory's exponents when the probes agree with them (far better determined); otherwise the
+    # fitted power law, which interpolates between the probes bracketing the target.
+    theory = scaling.theory_consistent
+
+    def growth_law(eta: float, alpha: float, batch: float) -> float:
+        return scaling.predict_A(eta, batch, alpha, theory=theory).value
+
+    choice = choose_config(
+        spec,
+        k=scaling.k_theory.value,
+        c=decay.coefficient.value if decay.coefficient else None,
+        y0=y0,
+        train_size=train_size,
+        batch_candidates=candidates,
+        growth_law=growth_law,
+    )
+    warnings.extend(choice.warnings)
+    t_edge = edge_epoch(choice, y0)
+    flags["edge_unreachable"] = t_edge is None or t_edge > choice.epochs * 1.05
+    _range_flags(spec, plan, usable, choice, flags, warnings)
+    recommendation = Recommendation(
+        hyperparameters=_hyperparameters(choice),
+        edge=_edge_summary(kind, y0, choice, scaling, decay, growths),
+        validity=Validity(ok=not any(flags[f] for f in DOUBTFUL), flags=flags, warnings=warnings),
+    )
+    return Decision(recommendation, choice, y0)
