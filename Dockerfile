@@ -14,18 +14,16 @@ WORKDIR /srv/edgetune
 # Packaging metadata and empty packages only: the dependency layers below are rebuilt when
 # pyproject.toml changes, not on every code change (torch alone is gigabytes).
 COPY pyproject.toml README.md ./
-RUN mkdir -p app/static migrations/versions worker edgetune edgetune_cli \
+RUN mkdir -p app/static app/migrations/versions worker edgetune edgetune_cli \
     && touch app/__init__.py worker/__init__.py edgetune/__init__.py edgetune_cli/__init__.py \
     && mkdir .edgetune && chown edgetune .edgetune
 
 # The API: the package without its `worker` extra, so no torch in this image. It also runs the
 # one-shot migration (`edgetune db upgrade`) in docker-compose.yml.
 FROM base AS api
-# Editable, so the code copied below is what runs; migrations/ sits beside app/ as in a checkout
-# (alembic.ini too, for `alembic` from a shell).
+# Editable, so the code copied below is what runs (alembic.ini too, for `alembic` from a shell).
 RUN pip install -e .
 COPY alembic.ini ./
-COPY migrations ./migrations
 COPY app ./app
 COPY worker ./worker
 COPY edgetune ./edgetune
@@ -38,13 +36,12 @@ HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
 # The API alone (`edgetune serve` would also start a worker, which needs torch): the app factory,
 # with Settings from the EDGETUNE_* variables.
-CMD ["uvicorn", "--factory", "app.main:app_from_env", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "--factory", "app.main:app_from_env", "--http", "app.main:ProblemHttpProtocol", "--host", "0.0.0.0", "--port", "8000"]
 
 # A worker: one per GPU (`edgetune worker --device cuda:N`), any number on one database.
 FROM base AS worker
 RUN pip install -e '.[worker]'
 COPY alembic.ini ./
-COPY migrations ./migrations
 COPY app ./app
 COPY worker ./worker
 COPY edgetune ./edgetune

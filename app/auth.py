@@ -162,6 +162,10 @@ def revoke_key(session: Session, prefix_or_id: str) -> ApiKey:
     return key
 
 
+def tenant_exists(session: Session, tenant: str) -> bool:
+    return session.get(Tenant, tenant) is not None
+
+
 def webhook_secret(session: Session, *, tenant: str, rotate: bool = False) -> str:
     """The tenant's webhook signing secret (creating the tenant if needed); a new one if rotate."""
     row, created = ensure_tenant(session, tenant)

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import REPO_ROOT, Settings
+from app.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
@@ -66,11 +66,9 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def migrations_dir() -> Path:
-    """The Alembic scripts. A wheel ships them inside this package (app/migrations, mapped in
-    pyproject.toml); a source checkout keeps them at the top level, beside alembic.ini, so that
-    `alembic upgrade head` from the shell works too."""
-    packaged = Path(__file__).with_name("migrations")
-    return packaged if packaged.is_dir() else REPO_ROOT / "migrations"
+    """The Alembic scripts, inside this package so that a wheel ships them (alembic.ini at the
+    top of a checkout points here too, for `alembic upgrade head` from a shell)."""
+    return Path(__file__).with_name("migrations")
 
 
 def alembic_config() -> Config:
@@ -125,7 +123,7 @@ def _run_alembic(settings: Settings, action: str, revision: str) -> None:
     try:
         with _migration_lock(settings), engine.begin() as conn:
             cfg = alembic_config()
-            # migrations/env.py uses this connection instead of building its own engine.
+            # app/migrations/env.py uses this connection instead of building its own engine.
             cfg.attributes["connection"] = conn
             if action == "upgrade":
                 command.upgrade(cfg, revision)

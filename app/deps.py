@@ -8,6 +8,7 @@ it in a worker thread, so the event loop never waits on the database.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
@@ -29,7 +30,29 @@ from app.schemas import RecommendationSpec
 JSON_MEDIA_TYPES = ("application/json",)
 YAML_MEDIA_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 # Safe loading only (no Python tags); libyaml's parser when PyYAML was built with it.
-YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class YamlLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]  # a base chosen at import
+    """PyYAML's safe loader, refusing a repeated key as YAML itself does (PyYAML keeps the last
+    value). Keys merged in with `<<` may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool | None):
+                continue  # a sequence or mapping as a key: the base class refuses it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -152,6 +175,44 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _RepeatedKeys(dict[str, Any]):
+    """A JSON object in which some keys (`repeated`) appeared more than once."""
+
+    repeated: list[str]
+
+
+def _load_json(raw: bytes) -> Any:
+    """The body as JSON. A repeated key is a 422 naming it: json.loads would silently keep the
+    last value, where another parser (a proxy, a client's own check) may keep the first."""
+    marked = False
+
+    def as_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal marked
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        marked = True
+        repeated = _RepeatedKeys(obj)
+        repeated.repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        return repeated
+
+    data = json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=as_object)
+    if not marked:
+        return data
+    errors: list[dict[str, Any]] = []
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while stack:  # a loop, not recursion: the body may be nested as deeply as json.loads allows
+        loc, value = stack.pop()
+        if isinstance(value, _RepeatedKeys):
+            errors += [
+                {"type": "duplicate_key", "loc": ("body", *loc, key), "msg": "given more than once"}
+                for key in value.repeated
+            ]
+        children = value.items() if isinstance(value, dict) else enumerate(value)
+        stack += [((*loc, k), v) for k, v in children if isinstance(v, dict | list)]
+    raise RequestValidationError(sorted(errors, key=lambda e: str(e["loc"])))
+
+
 async def get_spec(request: Request) -> RecommendationSpec:
     """The spec from the request body (JSON, or YAML for people pasting example files)."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -173,9 +234,9 @@ async def get_spec(request: Request) -> RecommendationSpec:
         if media_type in YAML_MEDIA_TYPES:
             # YAML parsing is slow Python (a second or more for a body at the size limit): off
             # the event loop, so one large request cannot stall every other.
-            data = await anyio.to_thread.run_sync(yaml.load, raw, YAML_LOADER)
+            data = await anyio.to_thread.run_sync(yaml.load, raw, YamlLoader)
         else:
-            data = json.loads(raw, parse_constant=_reject_constant)
+            data = _load_json(raw)
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
         kind = "YAML" if media_type in YAML_MEDIA_TYPES else "JSON"
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

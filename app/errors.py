@@ -11,6 +11,9 @@ from typing import Any
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Problem types are URI references; relative ones resolve against the API's own base URL.
 PROBLEM_BASE = "/problems/"
+# Seconds a client should wait before retrying while the database does not answer (a restart or
+# a failover takes about this long).
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 class ProblemError(Exception):
@@ -48,3 +51,16 @@ class ProblemError(Exception):
         if self.errors is not None:
             body["errors"] = self.errors
         return body
+
+
+def database_unavailable(exc: Exception) -> ProblemError:
+    """503 with Retry-After: the database is down or unreachable (readyz, and any request whose
+    query fails to connect: app/main.py). The driver's message stays in the server log."""
+    return ProblemError(
+        503,
+        "Database unavailable",
+        f"the database does not answer ({type(exc).__name__}); retry in "
+        f"{DATABASE_RETRY_AFTER_SECONDS} s",
+        "database-unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )

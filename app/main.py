@@ -8,6 +8,7 @@ application/problem+json, from the handlers below; no traceback ever reaches a c
 from __future__ import annotations
 
 import gc
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,15 +21,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app import auth, deps, metrics, routes
 from app.config import Settings
 from app.db import make_engine, prepare_database, session_factory
-from app.errors import PROBLEM_MEDIA_TYPE, ProblemError
-from app.schemas import RecommendationSpec
+from app.errors import PROBLEM_MEDIA_TYPE, ProblemError, database_unavailable
+from app.schemas import RecommendationSpec, spec_field
 
 log = logging.getLogger("edgetune.api")
 # A validation problem lists at most this many fields in `detail` (all of them, up to
@@ -37,8 +41,6 @@ DETAIL_FIELDS = 5
 MAX_FIELD_ERRORS = 50
 # Where pydantic/FastAPI put the request part first in an error location; clients know the field.
 REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
-# A discriminated union puts its tag into the location (model.mlp.hidden); drop it (model.hidden).
-MODEL_TAGS = ("mlp", "cnn", "torchvision")
 
 
 def problem_response(problem: ProblemError) -> JSONResponse:
@@ -54,9 +56,7 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = list(loc)
     if parts and parts[0] in REQUEST_PARTS and len(parts) > 1:
         parts = parts[1:]
-    if len(parts) > 1 and parts[0] == "model" and parts[1] in MODEL_TAGS:
-        parts = [parts[0], *parts[2:]]
-    return ".".join(str(p) for p in parts) or "body"
+    return spec_field(parts)
 
 
 def validation_problem(errors: list[Any]) -> ProblemError:
@@ -95,6 +95,21 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(
         ProblemError(exc.status_code, title, detail, kind, headers=dict(exc.headers or {}))
     )
+
+
+async def on_database_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database refused or dropped the connection, or the pool had none to give: the request
+    may succeed when retried, so 503 with Retry-After, not a 500. SQLAlchemy raises
+    OperationalError for a failed connect on both drivers (and for SQLite's "database is
+    locked"), and marks any error that lost the connection `connection_invalidated`; every other
+    database error is a bug, a 500."""
+    down = isinstance(exc, OperationalError | PoolTimeout) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+    if not down:
+        return await on_unexpected_error(request, exc)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(database_unavailable(exc))
 
 
 async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -178,6 +193,34 @@ class BodySizeLimit:
         await self.app(scope, counting_receive, send)
 
 
+class ProblemHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, except that a request its parser refuses (a Content-Length
+    that is not a number, a malformed request line or header) is answered with a problem
+    document as well. uvicorn writes that 400 itself, before the app (and the handlers above)
+    sees anything. Every server of the app uses it: `uvicorn --http app.main:ProblemHttpProtocol`
+    (Dockerfile, README), `uvicorn.Config(http=ProblemHttpProtocol)` (edgetune serve)."""
+
+    def send_400_response(self, msg: str) -> None:
+        problem = ProblemError(
+            400,
+            "Bad Request",
+            "the server cannot parse this HTTP request: a malformed request line or header "
+            "(such as a Content-Length that is not a number)",
+            "invalid-http",
+        )
+        body = json.dumps(problem.to_dict(), separators=(",", ":")).encode()
+        defaults = self.server_state.default_headers  # date, server
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in defaults]
+        head += [
+            f"content-type: {PROBLEM_MEDIA_TYPE}\r\n".encode(),
+            f"content-length: {len(body)}\r\n".encode(),
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
 def _package_version() -> str:
     try:
         return version("edgetune")
@@ -226,6 +269,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(DBAPIError, on_database_error)
+    app.add_exception_handler(PoolTimeout, on_database_error)
     app.add_exception_handler(Exception, on_unexpected_error)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outside the body limit, so its 413s are counted too.
@@ -257,5 +302,6 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """Settings from the environment; for `uvicorn --factory app.main:app_from_env`."""
+    """Settings from the environment; for `uvicorn --factory app.main:app_from_env` (with
+    `--http app.main:ProblemHttpProtocol`)."""
     return create_app(Settings())

@@ -1,9 +1,10 @@
-"""ORM tables. Alembic (migrations/) is the only way the schema changes; its autogenerate diff
+"""ORM tables. Alembic (app/migrations/) is the only way the schema changes; its autogenerate diff
 against these models is empty (tests/test_migrations.py).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +49,11 @@ def utcnow() -> datetime:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+# What new_job_id makes: a string of any other shape names no job (and, with a NUL byte in it,
+# would be refused by PostgreSQL as a query parameter), so the API answers 404 without a query.
+JOB_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 
 class UTCDateTime(TypeDecorator[datetime]):

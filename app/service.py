@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 
 from app import queue, webhooks
 from app.config import Settings
-from app.errors import ProblemError
+from app.errors import ProblemError, database_unavailable
 from app.limits import check_spec
-from app.models import Job, Probe
+from app.models import JOB_ID_PATTERN, Job, Probe
 from app.plots import PlotData
 from app.queue import transaction
 from app.schemas import (
@@ -68,6 +68,15 @@ def job_out(job: Job) -> JobOut:
 
 def _not_found(job_id: str) -> ProblemError:
     return ProblemError(404, "Job not found", f"there is no job {job_id!r}", "job-not-found")
+
+
+def _owned_job(session: Session, job_id: str, tenant: str) -> Job:
+    """The tenant's job `job_id`, or the 404 problem. Every job id from a URL comes in here: one
+    that cannot be a job id is not looked up (PostgreSQL refuses a NUL byte in a parameter)."""
+    job = queue.get_job(session, job_id, tenant) if JOB_ID_PATTERN.fullmatch(job_id) else None
+    if job is None:
+        raise _not_found(job_id)
+    return job
 
 
 def _field_problem(status: int, field: str, message: str, kind: str) -> ProblemError:
@@ -129,10 +138,7 @@ def submit(
 
 
 def get_job(session: Session, *, job_id: str, tenant: str) -> JobOut:
-    job = queue.get_job(session, job_id, tenant)
-    if job is None:
-        raise _not_found(job_id)
-    return job_out(job)
+    return job_out(_owned_job(session, job_id, tenant))
 
 
 def _encode_token(created_at: datetime, job_id: str, status: str | None) -> str:
@@ -141,18 +147,22 @@ def _encode_token(created_at: datetime, job_id: str, status: str | None) -> str:
 
 
 def _decode_token(token: str, status: str | None) -> tuple[datetime, str]:
+    invalid = _field_problem(
+        400, "page_token", "is not a token this server issued", "invalid-page-token"
+    )
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         created, job_id, token_status = json.loads(raw)
-        position = (datetime.fromisoformat(created), str(job_id))
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise _field_problem(
-            400, "page_token", "is not a token this server issued", "invalid-page-token"
-        ) from exc
-    if position[0].tzinfo is None:
-        raise _field_problem(
-            400, "page_token", "is not a token this server issued", "invalid-page-token"
-        )
+        created_at = datetime.fromisoformat(created)
+        if created_at.tzinfo is None:
+            raise invalid
+        # Normalised here, not in the column type: an offset can push year 1 or 9999 out of
+        # range (0001-01-01T00:00:00+14:00), which is OverflowError, not ValueError.
+        created_at = created_at.astimezone(UTC)
+    except (binascii.Error, ValueError, TypeError, OverflowError) as exc:
+        raise invalid from exc
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+        raise invalid
     if token_status != status:
         raise _field_problem(
             400,
@@ -161,7 +171,7 @@ def _decode_token(token: str, status: str | None) -> tuple[datetime, str]:
             "keep the other parameters the same while paging",
             "invalid-page-token",
         )
-    return position
+    return created_at, job_id
 
 
 def list_jobs(
@@ -195,11 +205,9 @@ def list_jobs(
 
 def cancel_job(session: Session, *, job_id: str, tenant: str) -> JobOut:
     """queued → cancelled now; running → cancel requested (stops at its next interval)."""
-    job = queue.get_job(session, job_id, tenant)
-    if job is None:
-        raise _not_found(job_id)
-    if job.status in TERMINAL_STATUSES:
-        raise _already_finished(job_id, job.status)
+    status = _owned_job(session, job_id, tenant).status
+    if status in TERMINAL_STATUSES:
+        raise _already_finished(job_id, status)
     job = queue.request_cancel(session, job_id, tenant)
     if job is None:
         raise _not_found(job_id)
@@ -219,9 +227,7 @@ def _already_finished(job_id: str, status: str) -> ProblemError:
 
 
 def get_recommendation(session: Session, *, job_id: str, tenant: str) -> Recommendation:
-    job = queue.get_job(session, job_id, tenant)
-    if job is None:
-        raise _not_found(job_id)
+    job = _owned_job(session, job_id, tenant)
     if job.status != JobStatus.SUCCEEDED:
         detail = f"job {job_id} is {job.status}"
         if job.status not in TERMINAL_STATUSES:
@@ -241,8 +247,7 @@ def get_recommendation(session: Session, *, job_id: str, tenant: str) -> Recomme
 
 
 def get_probes(session: Session, *, job_id: str, tenant: str) -> ProbeList:
-    if queue.get_job(session, job_id, tenant) is None:
-        raise _not_found(job_id)
+    _owned_job(session, job_id, tenant)
     with transaction(session):
         rows = session.scalars(
             select(Probe).where(Probe.job_id == job_id).order_by(Probe.created_at, Probe.id)
@@ -354,9 +359,4 @@ def check_database(session: Session) -> None:
         session.execute(text("SELECT 1"))
         session.commit()
     except Exception as exc:  # any driver error means "not ready"; the detail says which
-        raise ProblemError(
-            503,
-            "Database unavailable",
-            f"the database does not answer: {type(exc).__name__}",
-            "database-unavailable",
-        ) from exc
+        raise database_unavailable(exc) from exc

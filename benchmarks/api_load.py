@@ -338,6 +338,8 @@ def server(env: dict[str, str], workers: int) -> Iterator[tuple[str, int]]:
         "uvicorn",
         "--factory",
         "app.main:app_from_env",
+        "--http",
+        "app.main:ProblemHttpProtocol",
         "--host",
         "127.0.0.1",
         "--port",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from app.schemas import RecommendationSpec
+from app.schemas import DatasetSpec, MLPSpec, RecommendationSpec
 from worker.data import load_dataset
 from worker.law import order_series
 from worker.probe import ProbeConfig, cpu_model, init_model, pick_device, run_population
@@ -38,7 +38,8 @@ def main() -> None:
     )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    spec = RecommendationSpec()
+    # The paper's network and data (model and dataset are required in a spec).
+    spec = RecommendationSpec(model=MLPSpec(), dataset=DatasetSpec(name="fashion-mnist"))
     data = load_dataset(spec.dataset, [Path(args.data_root)])
     device = pick_device()
     steps = round(args.epochs * data.train_size / args.batch)

@@ -23,6 +23,7 @@ from typing import Any, Literal, overload
 
 import httpx
 import yaml
+from pydantic import ValidationError
 
 from edgetune.schemas import (
     TERMINAL_STATUSES,
@@ -33,6 +34,7 @@ from edgetune.schemas import (
     ProbeList,
     Recommendation,
     RecommendationSpec,
+    spec_field,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -102,6 +104,16 @@ class ProblemError(EdgetuneError):
         )
 
 
+class InvalidSpec(EdgetuneError, ValueError):
+    """The spec failed validation here, before anything was sent. `errors` lists the fields as
+    the server's 422 does: [{field, message, type}]."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        lines = [f"  - {e['field']}: {e['message']}" for e in errors]
+        super().__init__("invalid spec:\n" + "\n".join(lines))
+        self.errors = errors
+
+
 class JobFailed(EdgetuneError):
     """The job ended `failed`; `error` is the worker's reason."""
 
@@ -131,15 +143,27 @@ class WaitTimeout(EdgetuneError, TimeoutError):
 
 
 def load_spec(spec: Spec) -> RecommendationSpec:
-    """A validated spec from a spec object, a mapping, or a YAML/JSON file path."""
+    """A validated spec from a spec object, a mapping, or a YAML/JSON file path; InvalidSpec
+    when it is not one (OSError when the file cannot be read)."""
     if isinstance(spec, RecommendationSpec):
         return spec
     if isinstance(spec, Mapping):
-        return RecommendationSpec.model_validate(dict(spec))
-    path = Path(spec)
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    return RecommendationSpec.model_validate(data)
+        data: Any = dict(spec)
+    else:
+        path = Path(spec)
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise InvalidSpec([{"field": "body", "message": str(exc), "type": "parse"}]) from exc
+    try:
+        return RecommendationSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {"field": spec_field(e["loc"]), "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        raise InvalidSpec(errors) from exc
 
 
 def _body(spec: Spec, check: bool) -> Any:

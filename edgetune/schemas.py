@@ -16,13 +16,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 Activation = Literal["tanh", "relu", "gelu", "silu", "linear"]
 
@@ -36,6 +39,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise PydanticCustomError("float_type", "Input should be a valid number, not a boolean")
+    return value
+
+
+# A float that refuses true/false (pydantic's lax mode reads true as 1.0). Not strict=True: that
+# would refuse the string "1e-3" too, which is how PyYAML (YAML 1.1) reads `learning_rate: 1e-3`.
+Number = Annotated[float, BeforeValidator(_not_a_bool)]
+
+
 class InitSpec(Strict):
     """Weight initialisation of the hidden layers.
 
@@ -43,7 +57,7 @@ class InitSpec(Strict):
     """
 
     scheme: Literal["edge", "torch-default", "kaiming", "xavier"] = "edge"
-    J: float = Field(0.5, gt=0, le=10, description="Coupling J for scheme=edge")
+    J: Number = Field(0.5, gt=0, le=10, description="Coupling J for scheme=edge")
 
 
 class MLPSpec(Strict):
@@ -52,8 +66,8 @@ class MLPSpec(Strict):
         default_factory=lambda: [784], min_length=1, max_length=MAX_DEPTH
     )
     activation: Activation = "tanh"
-    hidden_bias: bool = False
-    output_bias: bool = True
+    hidden_bias: StrictBool = False
+    output_bias: StrictBool = True
     init: InitSpec = Field(default_factory=InitSpec)
 
 
@@ -73,8 +87,8 @@ class CNNSpec(Strict):
     hidden: list[Annotated[int, Field(strict=True, ge=1, le=MAX_WIDTH)]] = Field(
         default_factory=list, max_length=MAX_DEPTH
     )
-    hidden_bias: bool = True
-    output_bias: bool = True
+    hidden_bias: StrictBool = True
+    output_bias: StrictBool = True
     init: InitSpec = Field(default_factory=lambda: InitSpec(scheme="kaiming"))
 
 
@@ -111,7 +125,7 @@ class DatasetSpec(Strict):
     # root; default for IDX datasets is <data_root>/<name>.
     path: str | None = Field(None, max_length=1024)
     # Validation split carved from the training set; the test split is the dataset's own.
-    validation_fraction: float = Field(1 / 12, ge=0.0, lt=1.0)
+    validation_fraction: Number = Field(1 / 12, ge=0.0, lt=1.0)
     # Use at most this many training examples (after the validation split); None = all.
     max_train_samples: int | None = Field(None, strict=True, ge=1)
     # Image size (square) for image-folder and the input shape override for torchvision models.
@@ -133,27 +147,37 @@ class OptimizerSpec(Strict):
     """SGD in PyTorch's semantics. `null` = let edgetune recommend it; a number = fixed."""
 
     type: Literal["sgd"] = "sgd"
-    learning_rate: float | None = Field(None, gt=0, le=10)
-    momentum: float | None = Field(None, ge=0, lt=1)
+    learning_rate: Number | None = Field(None, gt=0, le=10)
+    momentum: Number | None = Field(None, ge=0, lt=1)
     batch_size: int | None = Field(None, strict=True, ge=1, le=65_536)
     # PyTorch's weight_decay: gradient += weight_decay·W. The paper's λ‖W‖² is weight_decay = 2λ.
-    weight_decay: float | None = Field(None, ge=0, le=1)
+    weight_decay: Number | None = Field(None, ge=0, le=1)
 
 
 class BudgetSpec(Strict):
-    epochs: float = Field(20, gt=0, le=10_000)
+    epochs: Number = Field(20, gt=0, le=10_000)
     # Probe compute cap, in units of one full `epochs`-long run of one configuration.
-    probe_fraction: float = Field(1.0, gt=0, le=100)
+    probe_fraction: Number = Field(1.0, gt=0, le=100)
 
 
 class RecommendationSpec(Strict):
-    model: ModelSpec = Field(default_factory=MLPSpec)
-    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    # Required: a spec that names no network or no data is a mistake, not a request for the
+    # paper's MLP on Fashion-MNIST (MLPSpec() and DatasetSpec() are still those defaults).
+    model: ModelSpec
+    dataset: DatasetSpec
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     seed: int = Field(0, strict=True, ge=0, le=2**31 - 1)
-    verify: bool = False
+    verify: StrictBool = False
     callback_url: str | None = Field(None, max_length=2048)
+
+    @field_validator("callback_url")
+    @classmethod
+    def _no_control_characters(cls, v: str | None) -> str | None:
+        # No URL contains them, and PostgreSQL cannot store a NUL byte in the job's spec.
+        if v is not None and any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("must not contain control characters (NUL, newline, ...)")
+        return v
 
     @model_validator(mode="after")
     def _finite(self) -> RecommendationSpec:
@@ -518,11 +542,24 @@ __all__ += [
     "VerificationTrajectory",
 ]
 
+# The tags of the model union, which pydantic puts into error locations (model.mlp.hidden).
+MODEL_TAGS = ("mlp", "cnn", "torchvision")
+
+
+def spec_field(loc: tuple[Any, ...] | list[Any]) -> str:
+    """A validation error's location in a spec as the dotted field a user writes: the model
+    union's tag left out (model.mlp.hidden → model.hidden)."""
+    parts = list(loc)
+    if len(parts) > 1 and parts[0] == "model" and parts[1] in MODEL_TAGS:
+        parts = [parts[0], *parts[2:]]
+    return ".".join(str(p) for p in parts) or "body"
+
+
 # GET /v1/jobs/{id}/plots/{name}: the plots of a job.
 PlotName = Literal["order", "collapse", "growth", "trajectory"]
 PLOT_NAMES: tuple[PlotName, ...] = ("order", "collapse", "growth", "trajectory")
 
-__all__ += ["PLOT_NAMES", "PlotName"]
+__all__ += ["MODEL_TAGS", "PLOT_NAMES", "PlotName", "spec_field"]
 
 # Every order parameter the service reports is normalised so that the edge of chaos is at 1.
 EDGE = 1.0

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from app import logs
-from app.auth import check_auth_settings, create_key, list_keys, revoke_key, webhook_secret
+from app.auth import (
+    DEFAULT_TENANT,
+    check_auth_settings,
+    create_key,
+    list_keys,
+    revoke_key,
+    tenant_exists,
+    webhook_secret,
+)
 from app.config import Settings
 from app.db import (
     current_revision,
@@ -67,7 +75,7 @@ def local_service(
     """
     import uvicorn
 
-    from app.main import create_app
+    from app.main import ProblemHttpProtocol, create_app
 
     check_auth_settings(settings)  # before importing torch: a refused start fails fast
     engine = make_engine(settings)
@@ -85,6 +93,7 @@ def local_service(
         port=port,
         log_config=log_config,
         log_level="warning" if quiet else None,
+        http=ProblemHttpProtocol,
     )
     server = uvicorn.Server(config)
     api = threading.Thread(target=server.run, name="edgetune-api", daemon=True)
@@ -243,6 +252,12 @@ def _key_revoke(session: Session, args: argparse.Namespace) -> int:
 
 
 def _key_secret(session: Session, args: argparse.Namespace) -> int:
+    if args.tenant != DEFAULT_TENANT and not tenant_exists(session, args.tenant):
+        # A typo must not create a tenant (and a secret no job will ever be signed with).
+        raise CliError(
+            f"no tenant {args.tenant!r}: tenants are created with their first key "
+            f"(`edgetune keys create --tenant {args.tenant}`)"
+        )
     secret = webhook_secret(session, tenant=args.tenant, rotate=args.rotate)
     if args.rotate:
         err.print("rotated: webhooks are signed with this secret from now on")

@@ -5,12 +5,13 @@
     edgetune db upgrade|downgrade REV|current
     edgetune keys create|list|revoke|secret
     edgetune recommend SPEC.yaml [--wait] [--json]
-    edgetune jobs list|show ID|cancel ID
+    edgetune jobs list|show ID|result ID|cancel ID|export
     edgetune plots JOB --out DIR           the job's four plots as PNG and SVG
     edgetune reproduce [ARGS]           benchmarks/reproduce_paper.py (source checkout)
 
-`recommend` and `jobs` talk to a running server over HTTP (--url, EDGETUNE_URL, default
-http://127.0.0.1:8000). Settings come from EDGETUNE_* variables (see app/config.py).
+`recommend`, `jobs` and `plots` talk to a running server over HTTP (--url, EDGETUNE_URL, default
+http://127.0.0.1:8000), sending the API key of --api-key or EDGETUNE_API_KEY. Settings come from
+EDGETUNE_* variables (see app/config.py).
 """
 
 from __future__ import annotations
@@ -100,25 +101,40 @@ def _remote_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
         help=f"server URL (default EDGETUNE_URL, else {DEFAULT_URL} when a server answers "
         "there, else an embedded server for this command)",
     )
-    url.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    url.add_argument(
+        "--api-key", default=None, help="the X-API-Key to send (default EDGETUNE_API_KEY)"
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     recommend = commands.add_parser(
-        "recommend", parents=[url], help="submit a spec (YAML or JSON) and print the result"
+        "recommend",
+        parents=[url, as_json],
+        help="submit a spec (YAML or JSON) and print the result",
     )
     recommend.add_argument("spec", help="path to the spec file")
     recommend.add_argument("--wait", action="store_true", help="follow progress until done")
     recommend.add_argument("--idempotency-key", help="resubmitting with this key returns the job")
     recommend.set_defaults(handler=remote.cmd_recommend)
 
-    jobs = commands.add_parser("jobs", help="list, show or cancel jobs")
+    jobs = commands.add_parser("jobs", help="list, show, cancel jobs; their results, exported")
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
-    listing = job_commands.add_parser("list", parents=[url], help="newest jobs first")
+    listing = job_commands.add_parser("list", parents=[url, as_json], help="newest jobs first")
     listing.add_argument("--status", choices=[s.value for s in JobStatus])
     listing.add_argument("--page-size", type=int, default=20)
     listing.add_argument("--page-token", help="next_page_token of the previous page")
-    for name in ("show", "cancel"):
-        sub = job_commands.add_parser(name, parents=[url], help=f"{name} one job")
+    for name, text in (
+        ("show", "one job: status and progress"),
+        ("result", "a finished job's recommended hyperparameters, edge summary and validity"),
+        ("cancel", "cancel one job (a running one stops at its next measurement)"),
+    ):
+        sub = job_commands.add_parser(name, parents=[url, as_json], help=text)
         sub.add_argument("id")
+    export = job_commands.add_parser(
+        "export", parents=[url], help="the results of many jobs as CSV (default) or JSON lines"
+    )
+    export.add_argument("--status", choices=[s.value for s in JobStatus], default="succeeded")
+    export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     jobs.set_defaults(handler=remote.cmd_jobs)
 
     plots = commands.add_parser(

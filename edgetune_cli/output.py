@@ -10,6 +10,9 @@ from rich.text import Text
 # soft_wrap: long messages and URLs stay on one line (copy-pasteable), whatever the width.
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+if not out.is_terminal:
+    # A pipe or a file: tables as wide as their content, so ids and prefixes are never cut.
+    out.width = 1000
 
 
 class CliError(Exception):

@@ -7,10 +7,13 @@ else an embedded one (API + worker on the SQLite default) started for this one c
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,14 @@ from edgetune.client import (
     JobFailed,
     Unreachable,
 )
-from edgetune.schemas import PLOT_NAMES, Estimate, JobOut, OrderParameter, Recommendation
+from edgetune.schemas import (
+    PLOT_NAMES,
+    TERMINAL_STATUSES,
+    Estimate,
+    JobOut,
+    OrderParameter,
+    Recommendation,
+)
 from edgetune_cli.local import embedded
 from edgetune_cli.output import CliError, err, out
 
@@ -44,20 +54,27 @@ def _answers(url: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Reached:
+    client: Client
+    # An embedded server lives only as long as this command: nothing runs its jobs afterwards.
+    embedded: bool
+
+
 @contextmanager
-def reach(url: str | None) -> Iterator[Client]:
+def reach(args: argparse.Namespace) -> Iterator[Reached]:
     """A client for the server this command talks to (see the module docstring)."""
-    given = url or os.environ.get("EDGETUNE_URL")
+    given = args.url or os.environ.get("EDGETUNE_URL")
     if given or _answers(DEFAULT_URL):
-        with Client(given or DEFAULT_URL) as client:
-            yield client
+        with Client(given or DEFAULT_URL, api_key=args.api_key) as client:
+            yield Reached(client, embedded=False)
         return
     err.print(
         f"no server at {DEFAULT_URL}: running embedded (API + worker on the SQLite default "
         "in the data dir) for this command"
     )
-    with embedded() as local, Client(local) as client:
-        yield client
+    with embedded() as local, Client(local, api_key=args.api_key) as client:
+        yield Reached(client, embedded=True)
 
 
 @contextmanager
@@ -186,10 +203,17 @@ def print_recommendation(result: Recommendation) -> None:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     spec = load_spec(Path(args.spec))
-    with reach(args.url) as client, errors_explained():
+    with reach(args) as reached, errors_explained():
+        client = reached.client
         # The server validates (it may be newer than this client); a bad spec is its 422.
         job = client.submit(spec, idempotency_key=args.idempotency_key, check=False)
-        if not args.wait:
+        if reached.embedded and not args.wait:
+            # Nothing would run the job once this command ends: run it to its end here.
+            err.print(
+                f"job {job.id} {job.status}: no server runs it in the background, so this command "
+                "follows it to the end (start `edgetune serve` to queue jobs and return at once)"
+            )
+        elif not args.wait:
             if args.json:
                 out.print_json(job.model_dump_json())
             else:
@@ -200,7 +224,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         try:
             follow(client, job)
         except KeyboardInterrupt:
-            err.print(f"stopped following; the job goes on (`edgetune jobs cancel {job.id}`)")
+            if reached.embedded:
+                err.print(f"stopped; job {job.id} goes back to the queue of the embedded database")
+            else:
+                err.print(f"stopped following; the job goes on (`edgetune jobs cancel {job.id}`)")
             return 130
         result = client.recommendation(job.id)
     if args.json:
@@ -215,36 +242,114 @@ def print_job(job: JobOut) -> None:
     table = Table(title=f"job {job.id}", show_header=False)
     for name in ("status", "attempts", "created_at", "started_at", "finished_at", "error"):
         table.add_row(name, str(getattr(job, name)))
+    if job.cancel_requested and job.status not in TERMINAL_STATUSES:
+        table.add_row("cancel", "requested: it stops at its next measurement")
     table.add_row("phase", p.phase)
     table.add_row("probes", f"{p.probes_done}/{p.probes_total}")
-    table.add_row("done", f"{p.fraction:.0%}")
-    table.add_row("eta", _eta(p.eta_seconds))
+    if job.status not in TERMINAL_STATUSES:  # an ended job has no progress left to show
+        table.add_row("done", f"{p.fraction:.0%}")
+        table.add_row("eta", _eta(p.eta_seconds))
+    elif job.status == "succeeded":
+        table.add_row("result", f"edgetune jobs result {job.id}")
     out.print(table)
 
 
-def cmd_jobs(args: argparse.Namespace) -> int:
-    with reach(args.url) as client, errors_explained():
-        if args.jobs_command == "list":
-            page = client.page(args.status, args.page_size, args.page_token)
-            if args.json:
-                out.print_json(page.model_dump_json())
-                return 0
-            table = Table("id", "status", "phase", "done", "created")
-            for job in page.jobs:
-                p = job.progress
-                table.add_row(
-                    job.id, job.status, p.phase, f"{p.fraction:.0%}", str(job.created_at)
-                )
-            out.print(table)
-            if page.next_page_token:
-                out.print(f"more: --page-token {page.next_page_token}")
-            return 0
-        cancel = args.jobs_command == "cancel"
-        job = client.cancel(args.id) if cancel else client.job(args.id)
+def _list(client: Client, args: argparse.Namespace) -> None:
+    page = client.page(args.status, args.page_size, args.page_token)
+    if args.json:
+        out.print_json(page.model_dump_json())
+        return
+    table = Table("id", "status", "phase", "done", "created")
+    for job in page.jobs:
+        p = job.progress
+        table.add_row(job.id, job.status, p.phase, f"{p.fraction:.0%}", str(job.created_at))
+    out.print(table)
+    if page.next_page_token:
+        out.print(f"more: --page-token {page.next_page_token}")
+
+
+def _one(client: Client, args: argparse.Namespace) -> None:
+    if args.jobs_command == "result":
+        result = client.recommendation(args.id)
+        if args.json:
+            print(result.model_dump_json(indent=2))
+        else:
+            print_recommendation(result)
+        return
+    job = client.cancel(args.id) if args.jobs_command == "cancel" else client.job(args.id)
     if args.json:
         out.print_json(job.model_dump_json())
     else:
         print_job(job)
+
+
+EXPORT_COLUMNS = (
+    "job_id",
+    "status",
+    "created_at",
+    "finished_at",
+    "model",
+    "dataset",
+    "epochs_budget",
+    "learning_rate",
+    "momentum",
+    "batch_size",
+    "weight_decay",
+    "epochs",
+    "validity_ok",
+    "order_parameter",
+    "probe_seconds",
+    "error",
+)
+
+
+def _export_row(job: JobOut, result: Recommendation | None) -> dict[str, object]:
+    spec = job.spec
+    hyper = result.hyperparameters if result is not None else None
+    row: dict[str, object] = {
+        "job_id": job.id,
+        "status": job.status,
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else "",
+        "model": (spec.get("model") or {}).get("type", ""),
+        "dataset": (spec.get("dataset") or {}).get("name", ""),
+        "epochs_budget": (spec.get("budget") or {}).get("epochs", ""),
+        "error": job.error or "",
+    }
+    if hyper is not None:
+        row |= hyper.model_dump(include=set(EXPORT_COLUMNS))
+    if result is not None:
+        row["validity_ok"] = result.validity.ok
+        row["order_parameter"] = result.edge.order_parameter.name
+        row["probe_seconds"] = result.cost.probe_seconds if result.cost else ""
+    return row
+
+
+def _export(client: Client, args: argparse.Namespace) -> None:
+    """Every job of a status with its result, newest first: CSV rows or JSON lines."""
+    writer = csv.DictWriter(sys.stdout, EXPORT_COLUMNS, restval="", lineterminator="\n")
+    if args.format == "csv":
+        writer.writeheader()
+    for job in client.jobs(status=args.status):
+        result = client.recommendation(job.id) if job.status == "succeeded" else None
+        if args.format == "csv":
+            writer.writerow(_export_row(job, result))
+        else:
+            line = {
+                "job": job.model_dump(mode="json"),
+                "recommendation": result.model_dump(mode="json") if result else None,
+            }
+            print(json.dumps(line))
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with reach(args) as reached, errors_explained():
+        if args.jobs_command == "list":
+            _list(reached.client, args)
+        elif args.jobs_command == "export":
+            _export(reached.client, args)
+        else:
+            _one(reached.client, args)
     return 0
 
 
@@ -253,7 +358,7 @@ def cmd_plots(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    with Client(args.url) as client:
+    with Client(args.url, api_key=args.api_key) as client:
         for name in PLOT_NAMES:
             for fmt in ("png", "svg"):
                 try:

@@ -17,7 +17,7 @@ import uvicorn
 from app.auth import create_key
 from app.config import Settings
 from app.db import make_engine, session_factory
-from app.main import create_app
+from app.main import ProblemHttpProtocol, create_app
 
 PROBLEM = "application/problem+json"
 # A job the worker finishes in a few seconds on a CPU with a recommendation (not a "cannot tell"):
@@ -35,7 +35,9 @@ def live_server(settings: Settings) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings), log_level="warning", lifespan="on", http=ProblemHttpProtocol
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

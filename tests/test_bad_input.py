@@ -7,7 +7,9 @@ builds, and the static torchvision table against the installed torchvision.
 
 from __future__ import annotations
 
+import base64
 import json
+import socket
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,6 +205,12 @@ CASES = [
         id="non-http-callback",
     ),
     pytest.param(
+        {"json": spec(callback_url="https://ci.example.com/\x00hook")},
+        422,
+        "callback_url: Value error, must not contain control characters",
+        id="nul-in-callback-url",
+    ),
+    pytest.param(
         {"json": spec(model={"type": "cnn", "blocks": [{"channels": 8}]})},
         422,
         "model.type: a CNN needs image input",
@@ -261,6 +269,69 @@ CASES = [
         422,
         "model.hidden.0",
         id="yaml-alias-bomb",
+    ),
+    pytest.param({"json": {}}, 422, "model: Field required; dataset: Field", id="empty-spec"),
+    pytest.param(
+        {"json": {"dataset": SMALL_SPEC["dataset"]}}, 422, "model: Field required", id="no-model"
+    ),
+    pytest.param(
+        {"json": {"model": SMALL_SPEC["model"]}}, 422, "dataset: Field required", id="no-dataset"
+    ),
+    pytest.param(
+        {"json": spec(budget={"epochs": True})},
+        422,
+        "budget.epochs: Input should be a valid number",
+        id="boolean-as-number",
+    ),
+    pytest.param(
+        {"json": spec(optimizer={"learning_rate": False})},
+        422,
+        "optimizer.learning_rate: Input should be a valid number",
+        id="boolean-as-optional-number",
+    ),
+    pytest.param(
+        {"json": spec(verify="yes")},
+        422,
+        "verify: Input should be a valid boolean",
+        id="string-as-boolean",
+    ),
+    pytest.param(
+        {"json": spec(verify=1)},
+        422,
+        "verify: Input should be a valid boolean",
+        id="number-as-boolean",
+    ),
+    pytest.param(
+        {"json": spec(model={"type": "mlp", "hidden": [8], "hidden_bias": "false"})},
+        422,
+        "model.hidden_bias: Input should be a valid boolean",
+        id="string-as-nested-boolean",
+    ),
+    pytest.param(
+        {"content": json.dumps(SMALL_SPEC)[:-1] + ', "seed": 1, "seed": 2}', "headers": JSON},
+        422,
+        "seed: given more than once",
+        id="repeated-key",
+    ),
+    pytest.param(
+        {
+            "content": json.dumps(SMALL_SPEC).replace(
+                '"hidden": [32]', '"hidden": [32], "hidden": [8]'
+            ),
+            "headers": JSON,
+        },
+        422,
+        "model.hidden: given more than once",
+        id="repeated-nested-key",
+    ),
+    pytest.param(
+        {
+            "content": b"model: {type: mlp}\ndataset: {name: digits}\nseed: 1\nseed: 2\n",
+            "headers": {"content-type": "application/yaml"},
+        },
+        400,
+        "found duplicate key 'seed' (line 4, column 1)",
+        id="repeated-yaml-key",
     ),
     pytest.param(
         {"json": SMALL_SPEC, "headers": {"Idempotency-Key": "k" * 300}},
@@ -326,6 +397,83 @@ def test_bad_request_is_a_named_problem_and_queues_nothing(
     assert job_count(client) == before
 
 
+def page_token(created: str, job_id: str = "0" * 32) -> str:
+    """A token shaped like the server's own (app.service._encode_token) with these values."""
+    raw = json.dumps([created, job_id, None], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+# Hostile ids and page tokens on the read side: (method, path, query, status, detail).
+READ_CASES = [
+    *(
+        pytest.param(method, f"/v1/jobs/%00{tail}", {}, 404, "no job", id=f"nul-id-{name}")
+        for method, tail, name in [
+            ("GET", "", "job"),
+            ("GET", "/probes", "probes"),
+            ("GET", "/recommendation", "recommendation"),
+            ("GET", "/plots/order", "plot"),
+            ("POST", "/cancel", "cancel"),
+        ]
+    ),
+    pytest.param("GET", "/v1/jobs/a%00" + "0" * 30, {}, 404, "no job", id="nul-in-hex-id"),
+    pytest.param("GET", "/v1/jobs/" + "f" * 33, {}, 404, "no job", id="id-too-long"),
+    pytest.param(
+        "GET",
+        "/v1/jobs",
+        {"page_token": page_token("2026-01-01T00:00:00+00:00", "a\x00b")},
+        400,
+        "page_token",
+        id="nul-in-page-token-id",
+    ),
+    pytest.param(
+        "GET",
+        "/v1/jobs",
+        {"page_token": page_token("0001-01-01T00:00:00+14:00")},
+        400,
+        "page_token",
+        id="page-token-before-year-1-in-utc",
+    ),
+    pytest.param(
+        "GET",
+        "/v1/jobs",
+        {"page_token": page_token("9999-12-31T23:59:59-14:00")},
+        400,
+        "page_token",
+        id="page-token-after-year-9999-in-utc",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "params", "status", "detail"), READ_CASES)
+def test_bad_id_or_token_is_a_named_problem(
+    client: httpx.Client, method: str, path: str, params: dict[str, str], status: int, detail: str
+) -> None:
+    assert_problem(client.request(method, path, params=params), status, detail=detail)
+
+
+@pytest.mark.parametrize("length", [b"abc", b"12abc", b"-1", b"1 2", b"0x10", b"9" * 30])
+def test_malformed_content_length_is_a_problem(client: httpx.Client, length: bytes) -> None:
+    """uvicorn's HTTP parser refuses these before the app runs; the answer is still a problem."""
+    url = client.base_url
+    request = (
+        b"POST /v1/recommendations HTTP/1.1\r\nHost: edgetune\r\n"
+        b"Content-Type: application/json\r\nContent-Length: " + length + b"\r\n\r\n{}"
+    )
+    reply = b""
+    with socket.create_connection((url.host, url.port or 80), timeout=10) as sock:
+        sock.sendall(request)
+        while chunk := sock.recv(65_536):  # the server closes the connection after a 400
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    assert status_line == "HTTP/1.1 400 Bad Request", reply
+    assert headers["content-type"] == "application/problem+json"
+    assert int(headers["content-length"]) == len(body)
+    problem = json.loads(body)
+    assert problem["status"] == 400 and "Content-Length" in problem["detail"]
+
+
 def test_the_table_is_big_enough() -> None:
     assert len(CASES) >= 20
 
@@ -372,7 +520,7 @@ def test_parameter_count_matches_the_built_model(
     torch = pytest.importorskip("torch")
     from worker.nets import build_model, count_parameters
 
-    model_spec = RecommendationSpec.model_validate({"model": model}).model
+    model_spec = RecommendationSpec.model_validate({"model": model, "dataset": {}}).model
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         built = build_model(model_spec, input_shape, classes)
     assert parameter_count(model_spec, input_shape, classes) == count_parameters(built)

@@ -209,3 +209,145 @@ def test_recommend_runs_embedded_when_no_server_is_given(tmp_path: Path) -> None
     listed = edgetune("jobs", "list", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     assert [job["status"] for job in json.loads(listed.stdout)["jobs"]] == ["succeeded"]
+
+
+# --- the first hour: what a new user trips over (issue "The first hour") --------------------
+
+
+@pytest.fixture(scope="module")
+def finished(server: tuple[str, dict[str, str]]) -> str:
+    """A job of the live server that has succeeded: its id."""
+    _, env = server
+    result = edgetune("recommend", str(DIGITS), "--json", "--wait", env=env)
+    assert result.returncode == 0, result.stderr
+    jobs = json.loads(edgetune("jobs", "list", "--json", env=env).stdout)["jobs"]
+    return str(next(job["id"] for job in jobs if job["status"] == "succeeded"))
+
+
+def test_jobs_result_shows_a_finished_jobs_hyperparameters(
+    server: tuple[str, dict[str, str]], finished: str
+) -> None:
+    _, env = server
+    table = edgetune("jobs", "result", finished, env=env)
+    assert table.returncode == 0, table.stderr
+    assert "Recommended hyperparameters" in table.stdout and "learning_rate" in table.stdout
+    assert "torch.optim.SGD(model.parameters(), lr=" in table.stdout
+    as_json = edgetune("jobs", "result", finished, "--json", env=env)
+    assert json.loads(as_json.stdout)["hyperparameters"]["batch_size"] >= 1
+    shown = edgetune("jobs", "show", finished, env=env)
+    assert f"edgetune jobs result {finished}" in shown.stdout
+    assert "eta" not in shown.stdout  # an ended job has no progress left
+
+
+def test_jobs_export_writes_every_result_as_csv_and_json_lines(
+    server: tuple[str, dict[str, str]], finished: str
+) -> None:
+    import csv
+    import io
+
+    _, env = server
+    exported = edgetune("jobs", "export", env=env)
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    row = next(r for r in rows if r["job_id"] == finished)
+    assert float(row["learning_rate"]) > 0 and int(row["batch_size"]) >= 1
+    assert row["dataset"] == "digits" and row["validity_ok"] in ("True", "False")
+    lines = edgetune("jobs", "export", "--format", "jsonl", env=env).stdout.splitlines()
+    parsed = [json.loads(line) for line in lines]
+    assert any(p["job"]["id"] == finished and p["recommendation"] for p in parsed)
+
+
+def test_full_ids_when_the_output_is_not_a_terminal(
+    server: tuple[str, dict[str, str]], finished: str
+) -> None:
+    _, env = server
+    listed = edgetune("jobs", "list", env={**env, "COLUMNS": "80"})
+    assert listed.returncode == 0, listed.stderr
+    assert finished in listed.stdout  # 32 hex digits, not cut to fit 80 columns
+
+
+def test_cancelling_shows_cancel_requested_and_no_eta_once_cancelled(
+    server: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    url, env = server
+    spec = yaml.safe_load(DIGITS.read_text())
+    spec["seed"] = 99  # not the same job as any other test's
+    path = tmp_path / "queued.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    job = json.loads(edgetune("recommend", str(path), "--json", env=env).stdout)
+    cancelled = edgetune("jobs", "cancel", job["id"], env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    status = httpx.get(f"{url}/v1/jobs/{job['id']}").json()["status"]
+    if status == "running":
+        assert "requested: it stops at its next measurement" in cancelled.stdout
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url}/v1/jobs/{job['id']}").json()["status"] != "cancelled":
+        assert time.monotonic() < deadline, "the job was not cancelled"
+        time.sleep(0.2)
+    shown = edgetune("jobs", "show", job["id"], env=env)
+    assert "cancelled" in shown.stdout and "eta" not in shown.stdout
+
+
+def test_plots_takes_no_json_flag_and_help_names_the_api_key() -> None:
+    plots = edgetune("plots", "some-job", "--out", "x", "--json", env=dict(os.environ))
+    assert plots.returncode == 2 and "unrecognized arguments: --json" in plots.stderr
+    usage = edgetune("--help", env=dict(os.environ)).stdout
+    assert "keys" in usage.split("\n")[1] or "keys create" in usage
+    assert "EDGETUNE_API_KEY" in usage
+    assert "--api-key" in edgetune("recommend", "--help", env=dict(os.environ)).stdout
+
+
+def test_api_key_flag_is_sent(db_settings: Settings) -> None:
+    from tests.helpers import api_key, live_server
+
+    key = api_key(db_settings)["X-API-Key"]
+    env = {**env_for(db_settings)}
+    env.pop("EDGETUNE_API_KEY", None)
+    with live_server(db_settings) as url:
+        refused = edgetune("jobs", "list", "--url", url, env=env)
+        assert refused.returncode == 1 and "HTTP 401" in refused.stderr
+        allowed = edgetune("jobs", "list", "--url", url, "--api-key", key, "--json", env=env)
+        assert allowed.returncode == 0, allowed.stderr
+        assert json.loads(allowed.stdout)["jobs"] == []
+
+
+def test_keys_secret_for_an_unknown_tenant_creates_nothing(db_settings: Settings) -> None:
+    env = env_for(db_settings)
+    result = edgetune("keys", "secret", "--tenant", "nobody", env=env)
+    assert result.returncode == 1 and "no tenant 'nobody'" in result.stderr
+    assert result.stdout == ""
+    listed = edgetune("keys", "list", "--tenant", "nobody", "--json", env=env)
+    assert json.loads(listed.stdout) == []
+    again = edgetune("keys", "secret", "--tenant", "nobody", env=env)
+    assert again.returncode == 1  # still no tenant: the first call created none
+
+
+def test_a_second_serve_on_a_busy_port_fails_before_its_worker_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "EDGETUNE_DATA_DIR": str(tmp_path)}
+        env.pop("EDGETUNE_DATABASE_URL", None)
+        result = edgetune("serve", "--port", str(port), env=env, timeout=60)
+    assert result.returncode == 1
+    assert f"could not listen on 127.0.0.1:{port}" in result.stderr
+    assert "worker" not in result.stderr.lower().replace("stopping the worker", "")
+
+
+def test_recommend_without_wait_on_the_embedded_fallback_runs_the_job(tmp_path: Path) -> None:
+    try:
+        httpx.get("http://127.0.0.1:8000/livez", timeout=1)
+        pytest.skip("a server answers on 127.0.0.1:8000; the embedded path would not be taken")
+    except httpx.HTTPError:
+        pass
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("EDGETUNE_URL", "EDGETUNE_DATABASE_URL")
+    }
+    env["EDGETUNE_DATA_DIR"] = str(tmp_path)
+    result = edgetune("recommend", str(DIGITS), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "follows it to the end" in result.stderr
+    assert json.loads(result.stdout)["hyperparameters"]["learning_rate"] > 0
+    listed = edgetune("jobs", "list", "--json", env=env)
+    assert [job["status"] for job in json.loads(listed.stdout)["jobs"]] == ["succeeded"]

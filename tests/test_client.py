@@ -29,6 +29,7 @@ from edgetune import (
     AsyncClient,
     Client,
     EdgetuneError,
+    InvalidSpec,
     JobCancelled,
     JobFailed,
     ProblemError,
@@ -222,6 +223,22 @@ def test_local_validation_and_an_unreachable_server() -> None:
             client.submit({"model": {"type": "mlp", "hidden": "wide"}})
         with pytest.raises(Unreachable, match="cannot reach"):
             client.job("x")
+
+
+def test_a_bad_spec_is_an_edgetune_error_naming_the_field(tmp_path: Path) -> None:
+    """Checked before anything is sent (nothing listens at this URL): the same field names and
+    `errors` list (an attribute, as on ProblemError) as the server's 422."""
+    with Client("http://127.0.0.1:9") as client:
+        with pytest.raises(EdgetuneError) as bad:
+            client.submit({**SMALL_SPEC, "model": {"type": "mlp", "hidden": "wide"}})
+        assert isinstance(bad.value, InvalidSpec)
+        assert bad.value.errors[0]["field"] == "model.hidden"
+        assert "model.hidden" in str(bad.value)
+        broken = tmp_path / "broken.yaml"
+        broken.write_text("model: [unclosed\n")
+        with pytest.raises(InvalidSpec) as unparsable:
+            client.submit(broken)
+        assert unparsable.value.errors[0]["field"] == "body"
 
 
 def test_backoff_grows_with_jitter_honours_retry_after_and_the_deadline() -> None:

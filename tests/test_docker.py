@@ -187,6 +187,11 @@ def test_the_api_image_command_serves(tmp_path: Path) -> None:
         # An explicit database means keys are required.
         assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").status_code == 401
         assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs", headers=key).json()["jobs"] == []
+        # What uvicorn's own HTTP parser refuses is a problem too (app.main.ProblemHttpProtocol).
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"GET /v1/jobs HTTP/1.1\r\nHost: api\r\nContent-Length: abc\r\n\r\n")
+            reply = conn.recv(65_536)  # one write, then the server closes the connection
+        assert reply.startswith(b"HTTP/1.1 400 ") and b"application/problem+json" in reply
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -229,6 +229,23 @@ def test_scaling_flags_exponents_that_break_the_theory():
     assert any("excluding the theory's 1" in w for w in s.warnings)
 
 
+def test_exponent_check_fires_on_series_whose_growth_goes_as_eta_squared():
+    """Order-parameter series y = y0 + A·t with A ∝ η² (as on a deep tanh net), fitted one by one
+    as the engine does, then collapsed: the exponent check must reject the theory's 1."""
+    rng = np.random.default_rng(3)
+    t = np.linspace(0.0, 4.0, 40)
+    etas = np.array([0.005, 0.01, 0.02])
+    slopes = []
+    for eta in etas:
+        a_true = 2e3 * eta**2
+        y = 0.25 + a_true * t + rng.normal(0, 0.002, t.size)
+        slopes.append(fit.fit_growth(t, y, t_min=0.5).A.value)
+    s = fit.fit_scaling(slopes, etas, np.full(3, 32.0), np.full(3, 0.9), free=("eta",))
+    assert not s.theory_consistent
+    exponent = s.exponent("eta").value
+    assert exponent.contains(2.0) and not exponent.contains(1.0)
+
+
 def test_scaling_degenerate_inputs_give_clear_errors():
     eta, batch, alpha = [0.01, 0.02, 0.04], [32.0, 64, 128], [0.9, 0.9, 0.9]
     with pytest.raises(FitError, match="A out of range at probe"):
@@ -359,6 +376,31 @@ def test_edge_decay_interval_covers_through_the_pipeline():
         f"mean relative half-width {np.mean(rel_half):.3f}"
     )
     assert covered >= MIN_COVERED
+
+
+def test_edge_decay_with_an_unbounded_growth_interval_does_not_overflow():
+    """F7: a growth rate extrapolated far from the probes (4e16 per epoch, interval up to 1e43)
+    once overflowed math.exp in the interval; the interval is now open above instead."""
+    probe = Knobs(eta=0.0218, momentum=0.9, batch=32, weight_decay=2.5e-4)
+    run = Knobs(eta=1e-9, momentum=0.9, batch=128)
+    A_run = Estimate(value=9.47e16, se=1.35e18, low=1.87e-10, high=4.79e43)
+    D_probe = Estimate(value=0.1498, se=2.9e-5, low=0.14977, high=0.14990)
+    edge = fit.edge_weight_decay(A_run, D_probe, probe=probe, run=run)
+    assert math.isfinite(edge.weight_decay.value) and edge.weight_decay.high == math.inf
+    assert 0 <= edge.weight_decay.low <= edge.weight_decay.value
+    json.dumps(edge.to_dict(), allow_nan=False)
+
+
+def test_predicted_growth_far_outside_the_probes_is_infinite_not_an_error():
+    """The fitted law's prediction at an extreme configuration overflows to inf, never raises."""
+    eta = np.array([0.005, 0.01, 0.02, 0.01, 0.01, 0.04])
+    batch = np.array([32, 32, 32, 32, 128, 128], dtype=float)
+    alpha = np.array([0.9, 0.9, 0.9, 0.5, 0.9, 0.9])
+    # Growth that falls steeply with η (exponent −30): the power law explodes at tiny η.
+    a = 1e-4 * (eta / 0.01) ** -30 * (32 / batch) * 0.1 / (1 - alpha)
+    s = fit.fit_scaling(a, eta, batch, alpha)
+    predicted = s.predict_A(1e-30, 32, 0.9, theory=False)
+    assert predicted.value == math.inf and predicted.high == math.inf
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_every_mlp_activation_and_init_builds(activation, scheme):
 
 def test_the_papers_network():
     torch.manual_seed(0)
-    model = build_model(RecommendationSpec().model, GREY, 10)
+    model = build_model(MLPSpec(), GREY, 10)
     assert isinstance(model, EdgeNet)
     (hidden,) = model.layers
     assert isinstance(hidden, nn.Linear) and hidden.bias is None
@@ -240,11 +240,15 @@ _TAGS = {"mlp", "cnn", "torchvision"}
         ({"budget": {"epochs": -1}}, "budget.epochs"),
         ({"seed": -1}, "seed"),
         ({"verify": "maybe"}, "verify"),
+        ({"verify": 1}, "verify"),
+        ({"budget": {"epochs": True}}, "budget.epochs"),
+        ({"model": {"type": "mlp", "output_bias": "yes"}}, "model.output_bias"),
     ],
 )
 def test_malformed_spec_names_the_field(spec, field):
     with pytest.raises(ValidationError) as exc:
-        RecommendationSpec.model_validate(spec)
+        # model and dataset are required; the valid defaults leave the one error in `spec`.
+        RecommendationSpec.model_validate({"model": {}, "dataset": {}, **spec})
     errors = exc.value.errors()
     assert len(errors) == 1
     # pydantic puts the union's tag in the location ("model.mlp.hidden"); the field is the rest.

@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # What a wheel is built from; the rest of a checkout (venv, tests, benchmarks) is not needed.
-SOURCES = ("pyproject.toml", "README.md", "app", "worker", "edgetune", "edgetune_cli", "migrations")
+SOURCES = ("pyproject.toml", "README.md", "app", "worker", "edgetune", "edgetune_cli")
 
 
 @pytest.fixture(scope="module")

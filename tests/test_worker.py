@@ -3,6 +3,8 @@ processes on PostgreSQL: 4 workers × 40 jobs, kill -9 mid-job, SIGTERM."""
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 import signal
@@ -12,11 +14,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import func, select
+import torch
+from sqlalchemy import func, make_url, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import queue, schemas
@@ -24,8 +29,10 @@ from app.config import Settings
 from app.db import make_engine, session_factory
 from app.models import Job, Probe, Recommendation
 from app.schemas import ProbeOrder, RecommendationSpec
+from tests.db import admin_connect
+from worker import recommend
 from worker.data import load_dataset
-from worker.main import run_worker
+from worker.main import LeaseLost, failure, run_worker
 from worker.plan import plan_probes
 from worker.probe import ProbeResult
 
@@ -118,14 +125,99 @@ def test_a_spec_that_can_never_run_fails_at_once(
     db_settings: Settings, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     settings = db_settings.model_copy(update={"data_root": str(tmp_path)})
-    missing = submit(sessions, {"dataset": {"name": "fashion-mnist", "path": "nowhere"}})
-    invalid = submit(sessions, {"model": {"type": "mlp", "hidden": [-3]}})
+    missing = submit(
+        sessions,
+        {"model": {"type": "mlp"}, "dataset": {"name": "fashion-mnist", "path": "nowhere"}},
+    )
+    invalid = submit(sessions, {"model": {"type": "mlp", "hidden": [-3]}, "dataset": {}})
     run_worker(settings, once=True)
     run_worker(settings, once=True)
     for job_id, message in ((missing, "missing"), (invalid, "hidden")):
         job = job_state(sessions, job_id)
         assert job.status == "failed" and job.attempts == 1, (job.status, job.error)
         assert job.error is not None and message in job.error
+
+
+def test_an_engine_error_fails_the_job_once_with_its_reason(
+    db_settings: Settings, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F7: an exception from the science (here math.exp overflowing in the fits, as F7's did) is
+    raised again by every attempt on the same spec: one attempt, failed, with the reason."""
+
+    def overflowing_fit(*args: object, **kwargs: object) -> object:
+        return math.exp(1000.0)  # OverflowError: math range error
+
+    monkeypatch.setattr(recommend, "decide", overflowing_fit)
+    job_id = submit(sessions, TINY, max_attempts=3)
+    assert run_worker(db_settings, once=True) == 0
+    job = job_state(sessions, job_id)
+    assert job.status == "failed" and job.attempts == 1, (job.status, job.attempts, job.error)
+    assert job.error == "OverflowError: math range error"
+    assert job.finished_at is not None and job.lease_owner is None
+
+
+def _refuses_oversized_allocations(size: int) -> bool:
+    """Whether the kernel refuses a `size`-byte allocation at once (heuristic or strict
+    overcommit, and less memory than that) instead of granting it and OOM-killing us later."""
+    try:
+        mode = Path("/proc/sys/vm/overcommit_memory").read_text().strip()
+        meminfo = dict(
+            line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines()
+        )
+    except OSError:
+        return False
+    total_kib = sum(int(meminfo[k].split()[0]) for k in ("MemTotal", "SwapTotal") if k in meminfo)
+    return mode in ("0", "2") and total_kib * 1024 < size
+
+
+# The largest synthetic dataset a spec may ask for: 1e6 × 65536 float64 values (488 GiB) that the
+# dataset loader really allocates; no test machine has that much memory.
+HUGE_DATA: dict[str, Any] = {
+    "model": {"type": "mlp", "hidden": [16]},
+    "dataset": {"name": "synthetic", "synthetic_samples": 1_000_000, "synthetic_features": 65_536},
+}
+
+
+@pytest.mark.skipif(
+    not _refuses_oversized_allocations(1_000_000 * 65_536 * 8),
+    reason="this machine would grant a 488 GiB allocation instead of raising MemoryError",
+)
+def test_out_of_memory_fails_the_job_once_saying_what_to_change(
+    db_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    job_id = submit(sessions, HUGE_DATA, max_attempts=3)
+    assert run_worker(db_settings, once=True) == 0
+    job = job_state(sessions, job_id)
+    assert job.status == "failed" and job.attempts == 1, (job.status, job.attempts, job.error)
+    assert job.error is not None
+    assert job.error.startswith("out of memory in host RAM (MemoryError: Unable to allocate")
+    assert "batch_size" in job.error and "synthetic_samples" in job.error
+
+
+def test_only_database_and_lease_errors_are_retried() -> None:
+    """`failure`: what the job's error says and whether another attempt is worth it."""
+    cpu = torch.device("cpu")
+    dropped = OperationalError("UPDATE jobs ...", {}, Exception("server closed the connection"))
+    assert failure(dropped, cpu)[1] is True
+    assert failure(LeaseLost("lease ran out"), cpu) == ("LeaseLost: lease ran out", True)
+    for deterministic in (OverflowError("math range error"), ValueError("x"), KeyError("k")):
+        assert failure(deterministic, cpu)[1] is False
+    try:
+        torch.empty(2**40, dtype=torch.uint8)  # 1 TiB: refused by torch's CPU allocator
+    except RuntimeError as exc:
+        allocator = exc
+    else:
+        pytest.skip("this machine granted a 1 TiB tensor")
+    cuda_oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nadvice...")
+    cuda = torch.device("cuda:0")
+    for oom, where in (
+        (MemoryError("Unable to allocate 488. GiB"), "in host RAM (MemoryError: "),
+        (allocator, "in host RAM (RuntimeError: "),
+        (cuda_oom, "on cuda:0 (OutOfMemoryError: CUDA out of memory. Tried"),
+    ):
+        message, retry = failure(oom, cuda)
+        assert retry is False and message.startswith(f"out of memory {where}"), message
+        assert "\n" not in message and "batch_size" in message
 
 
 def test_cancel_stops_a_running_job_at_the_next_measurement(
@@ -148,6 +240,91 @@ def test_cancel_stops_a_running_job_at_the_next_measurement(
     assert not worker.is_alive()
     with sessions() as session:
         assert queue.get_recommendation(session, job_id) is None
+
+
+@contextmanager
+def database_outage(settings: Settings, seconds: float) -> Iterator[None]:
+    """PostgreSQL down, as far as this database's clients can tell (a restart, a failover), for
+    `seconds` before the block runs and until it ends: no new connections, every open one
+    terminated."""
+    database = make_url(settings.database_url).database
+    with admin_connect() as admin:
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (database,),
+                )
+                time.sleep(0.05)
+            yield
+        finally:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+
+def test_a_short_database_outage_costs_a_running_job_nothing(
+    pg_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F9: heartbeats, progress and probe stores ride out a 4 s outage of PostgreSQL (retried
+    with backoff within the lease), so the job finishes in its first attempt."""
+    settings = pg_settings.model_copy(update={"lease_seconds": 20.0})
+    engine = make_engine(settings)
+    sessions = session_factory(engine)
+    job_id = submit(sessions, LONGER)
+    worker = threading.Thread(target=run_worker, args=(settings,), kwargs={"once": True})
+    caplog.set_level(logging.WARNING, logger="edgetune.worker")
+    worker.start()
+    try:
+        wait_for(
+            lambda: job_state(sessions, job_id).progress.get("phase") == "probing", 60, "probing"
+        )
+        with database_outage(settings, 4.0):
+            pass
+        engine.dispose()  # this test's own pooled connections were terminated too
+    finally:
+        worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert "database unavailable" in caplog.text  # the outage did hit the worker's writes
+    job = job_state(sessions, job_id)
+    assert job.status == "succeeded" and job.attempts == 1, (job.status, job.attempts, job.error)
+    with sessions() as session:
+        assert sorted(queue.stored_probes(session, job_id)) == sorted(
+            planned_keys(LONGER, settings)
+        )
+        assert queue.get_recommendation(session, job_id) is not None
+    engine.dispose()
+
+
+def test_an_outage_longer_than_the_lease_leaves_the_job_to_the_reaper(
+    pg_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retries stop when the lease would have run out anyway: the worker gives the job up
+    (it does not crash), and the next claim reaps it and resumes from its stored probes."""
+    settings = pg_settings.model_copy(update={"lease_seconds": 3.0})
+    engine = make_engine(settings)
+    sessions = session_factory(engine)
+    job_id = submit(sessions, LONGER)
+    worker = threading.Thread(target=run_worker, args=(settings,), kwargs={"once": True})
+    caplog.set_level(logging.WARNING, logger="edgetune.worker")
+    worker.start()
+    try:
+        wait_for(
+            lambda: job_state(sessions, job_id).progress.get("phase") == "probing", 60, "probing"
+        )
+        with database_outage(settings, 6.0):
+            worker.join(timeout=30)  # it gives up within the lease, while still cut off
+        assert not worker.is_alive()
+        engine.dispose()
+    finally:
+        worker.join(timeout=120)
+    assert "until the lease ran out" in caplog.text
+    assert job_state(sessions, job_id).status == "running"  # nobody has reaped it yet
+    assert run_worker(settings, once=True) == 0
+    job = job_state(sessions, job_id)
+    assert job.status == "succeeded" and job.attempts == 2, (job.status, job.attempts, job.error)
+    engine.dispose()
 
 
 # --- separate worker processes ---------------------------------------------------------------

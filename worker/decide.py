@@ -51,7 +51,18 @@ from worker.plan import PlannedProbe
 from worker.probe import ProbeConfig, ProbeResult
 
 # Flags that make a recommendation doubtful (validity.ok false); the others only inform.
-DOUBTFUL = ("low_r2", "not_linear", "edge_unreachable", "exponents_off", "probe_diverged")
+DOUBTFUL = (
+    "low_r2",
+    "not_linear",
+    "edge_unreachable",
+    "exponents_off",
+    "probe_diverged",
+    # Beyond what was measured: the answer is an extrapolation, so it cannot be "ok".
+    "extrapolated",
+    "outside_validated_regime",
+)
+# Below this the hidden layers pass (almost) no signal: nothing to measure a growth law on.
+DEAD_ORDER = 1e-6
 SATURATING_NOTE = (
     "weight_decay that holds the order parameter at the edge when training longer than the "
     "recommended epochs; the recommended run itself reaches the edge at its end without decay"
@@ -142,6 +153,53 @@ def _validated_regime(spec: RecommendationSpec, kind: OrderKind) -> str | None:
 
 def _rate(config: ProbeConfig) -> float:
     return effective_rate(config.learning_rate, config.momentum, config.batch_size)
+
+
+def _activation(spec: RecommendationSpec) -> str | None:
+    model = spec.model
+    return None if isinstance(model, TorchvisionSpec) else model.activation
+
+
+def initial_refusal(spec: RecommendationSpec, y0: float, *, normalised: bool) -> str | None:
+    """Why no probe can help, judged on the untrained network (y0: its order parameter; normalised:
+    it has BatchNorm layers), or None. Each reason is true for that kind of network, and its
+    advice is a change the spec can express."""
+    model = spec.model
+    if normalised:
+        return (
+            "this network normalises its layers (BatchNorm): its function does not change with "
+            "the scale of its weights, so the order parameter the growth law steers is a gauge "
+            "here, and no law has been validated for such networks yet. No probes were run. For "
+            "a recommendation, describe the network without normalisation (model.type: cnn or mlp)"
+        )
+    if not math.isfinite(y0) or y0 < DEAD_ORDER:
+        return (
+            f"the untrained network passes no signal through its hidden layers (order parameter "
+            f"{y0:.2g}): there is no growth to measure. No probes were run. Initialise with a "
+            "larger weight scale (model.init: {scheme: edge, J: 0.5}, or scheme: kaiming)"
+        )
+    if y0 < EDGE:
+        return None
+    if _activation(spec) == "tanh":
+        return (
+            f"the network starts chaotic (order parameter {y0:.2f} ≥ 1 at initialisation): "
+            "training can only move it further from the edge. No probes were run. Initialise "
+            "with a smaller weight scale (e.g. model.init: {scheme: edge, J: 0.5}) and ask again."
+        )
+    kaiming = getattr(getattr(model, "init", None), "scheme", "") == "kaiming"
+    return (
+        f"the network starts at χ = {y0:.2f} ≥ 1, the boundary between vanishing and exploding "
+        f"gradients ({_activation(spec)} networks have no chaotic phase"
+        + ("; kaiming initialisation puts them there by design" if kaiming else "")
+        + "). The growth law steers χ up to 1 from below, so it cannot place this run. No "
+        "probes were run. For a recommendation, start below the boundary (model.init: "
+        "{scheme: edge, J: 1.0} gives χ ≈ 0.5 for ReLU)"
+    )
+
+
+def refusal(spec: RecommendationSpec, reason: str) -> Recommendation:
+    """The answer when no configuration is recommended, with its reason."""
+    return _no_recommendation(reason, order_kind(spec), []).recommendation
 
 
 def _no_recommendation(reason: str, kind: OrderKind, warnings: list[str]) -> Decision:
@@ -248,7 +306,9 @@ def _range_flags(
     """Flags (and warnings) for a recommendation outside what the probes measured."""
     probed_eff = [_rate(g.probe.config) for g in usable]
     run_eff = effective_rate(choice.learning_rate, choice.momentum, choice.batch_size)
-    flags["extrapolated"] = not (min(probed_eff) * 0.5 <= run_eff <= max(probed_eff) * 1.5)
+    # The probed bracket itself (up to rounding): the law is only interpolated, never extended.
+    low, high = min(probed_eff) * (1 - 1e-9), max(probed_eff) * (1 + 1e-9)
+    flags["extrapolated"] = not low <= run_eff <= high
     if flags["extrapolated"]:
         warnings.append(
             f"the recommended η/((1−α)B) = {run_eff:.3g} lies outside the probed "
@@ -362,6 +422,43 @@ def _growth_probes(
     return growths, warnings
 
 
+# The knob `law.choose_config` solves for (the first free one), in words: (name, its knob, what
+# rises with it).
+_SOLVED_KNOB: tuple[tuple[str, fit.Knob, str], ...] = (
+    ("learning rate", "eta", "η"),
+    ("batch size", "batch", "1/B"),
+    ("momentum", "momentum", "1/(1−α)"),
+)
+
+
+def _unsolvable(
+    spec: RecommendationSpec, scaling: fit.ScalingFit, usable: list[MeasuredGrowth], y0: float
+) -> str | None:
+    """Why the fitted growth law cannot be solved for the knob the recommendation sets, or None.
+
+    The solve assumes that A grows with that knob (the theory: A ∝ η/((1−α)B)). A fitted exponent
+    ≤ 0 turns it around: the bisection then runs to the end of its range (η = 1e-9) and the law,
+    extrapolated there, predicts absurd growth (F7: 4e16 per epoch and an overflow).
+    """
+    free = _free_knobs(spec)
+    solved = next((k for k in _SOLVED_KNOB if k[1] in free), None)
+    if solved is None:
+        return None
+    name, knob, symbol = solved
+    exponent = scaling.exponent(knob)
+    if not exponent.fitted or exponent.value.value > 0:
+        return None
+    v = exponent.value
+    fastest = max(g.growth.A.value for g in usable if g.growth)
+    return (
+        f"the order parameter's growth rate does not rise with {symbol} across the probes "
+        f"(fitted exponent {v.value:.2f}, 95% interval [{v.low:.2f}, {v.high:.2f}]; the theory's "
+        f"is 1), so no {name} brings it to the edge within the budget: the growth law does not "
+        f"hold for this model and data. The fastest probe grew it by {fastest:.2g} per epoch "
+        f"from {y0:.2f}: at that rate the edge is {(EDGE - y0) / fastest:.3g} epochs away."
+    )
+
+
 def decide(
     spec: RecommendationSpec,
     plan: list[PlannedProbe],
@@ -408,11 +505,14 @@ def decide(
             "a fitted exponent's 95% interval excludes the theory's 1: the collapse "
             "in η/((1−α)B) is only approximate for this model"
         )
-    decay = _fit_decay(plan, results, kind, scaling, warnings)
-    candidates = _batch_candidates(spec, usable, scaling, warnings)
     # Theory's exponents when the probes agree with them (far better determined); otherwise the
     # fitted power law, which interpolates between the probes bracketing the target.
     theory = scaling.theory_consistent
+    unsolvable = None if theory else _unsolvable(spec, scaling, usable, y0)
+    if unsolvable:
+        return _no_recommendation(unsolvable, kind, warnings)
+    decay = _fit_decay(plan, results, kind, scaling, warnings)
+    candidates = _batch_candidates(spec, usable, scaling, warnings)
 
     def growth_law(eta: float, alpha: float, batch: float) -> float:
         return scaling.predict_A(eta, batch, alpha, theory=theory).value

@@ -35,6 +35,8 @@ _KNOB_LABEL = {"eta": "η", "batch": "1/B", "momentum": "1/(1−α)"}
 # The autocorrelation correction is capped: a lag-1 correlation near 1 means the series is a
 # random walk around the line, and the effective number of points would vanish.
 _MAX_LAG1 = 0.9
+# The largest x with a finite e^x: past it math.exp raises OverflowError instead of giving inf.
+_MAX_EXP = math.log(np.finfo(float).max)
 
 
 class FitError(ValueError):
@@ -408,11 +410,16 @@ class ScalingFit(_Result):
         return _lognormal_estimate(log_a, se, q)
 
 
+def _exp(x: float) -> float:
+    """e^x, inf beyond the float range: a law extrapolated far from its probes predicts an
+    unbounded value (a reason for the caller to refuse it), never an OverflowError."""
+    return math.exp(x) if x < _MAX_EXP else math.inf
+
+
 def _lognormal_estimate(log_value: float, log_se: float, q: float) -> Estimate:
-    value = math.exp(log_value)
-    return Estimate(
-        value, value * log_se, math.exp(log_value - q * log_se), math.exp(log_value + q * log_se)
-    )
+    value = _exp(log_value)
+    se = value * log_se if log_se > 0 else 0.0
+    return Estimate(value, se, _exp(log_value - q * log_se), _exp(log_value + q * log_se))
 
 
 def _log_regressors(
@@ -837,7 +844,8 @@ def edge_weight_decay(
         _relative_log_half_width(A_run, "A_run"), _relative_log_half_width(D_probe, "D_probe")
     )
     se = wd * math.hypot(A_run.se / A_run.value, D_probe.se / D_probe.value)
-    low, high = wd * math.exp(-h), wd * math.exp(h)
+    # h is a relative half-width, unbounded: an interval wider than e^709 is open above.
+    low, high = wd * math.exp(-h), wd * _exp(h)
     notes: list[str] = []
     # wd ∝ A/D: an interval of D reaching 0 (or of A reaching 0) leaves wd unbounded above (below).
     if D_probe.low <= 0:

@@ -10,6 +10,9 @@ to the queue (`release`); the worker then exits 0.
 
 The lease must outlast the longest gap between two measurements (seconds on CPU for small nets);
 a worker that stops reporting for lease_seconds is presumed dead and its job is requeued.
+Every write rides out a database outage shorter than that (`JobRun.write`: retried with backoff,
+given up only when the lease would have run out anyway). A job that raises fails at once with the
+message unless the error is one another attempt can fix (`failure`: the database or the lease).
 """
 
 from __future__ import annotations
@@ -24,19 +27,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
-from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import queue, webhooks
 from app.config import Settings
-from app.datasets import DatasetPathError
 from app.db import DatabaseNotMigrated, make_engine, prepare_database, session_factory
 from app.logs import configure_logging
 from app.models import Job
@@ -44,7 +46,6 @@ from app.schemas import RecommendationSpec
 from worker import recommend
 from worker.data import load_dataset
 from worker.law import OrderKind, effective_rate, order_kind, probe_order
-from worker.nets import SpecError
 from worker.plan import PlannedProbe
 from worker.probe import ProbeResult, device_name, pick_device
 
@@ -55,8 +56,46 @@ Halt = Literal["cancel", "lost", "stop"]
 # Progress (and with it the heartbeat and the cancel check) is written at most this often: live
 # enough for a progress bar and a prompt cancel, one tiny UPDATE per second per worker.
 PROGRESS_WRITE_SECONDS = 1.0
-# Errors that no retry can fix: the job fails at once with the message.
-PERMANENT_ERRORS = (ValidationError, DatasetPathError, SpecError)
+# A write that finds the database unreachable is retried after 0.1 s, 0.2 s, ... at most 2 s apart:
+# a restart or failover of PostgreSQL takes seconds and drops every pooled connection.
+RETRY_FIRST_SECONDS = 0.1
+RETRY_MAX_SECONDS = 2.0
+T = TypeVar("T")
+
+
+class LeaseLost(Exception):
+    """The database stayed out of reach until this worker's lease ran out: another worker may
+    own the job now, so this one stops (another attempt, here or there, can succeed)."""
+
+
+# The only errors another attempt can fix: the database went away (a restart, a failover, a
+# network blip, a full pool) or the lease ran out under this worker. Everything else is raised by
+# the engine on the job's own inputs (the spec, its data, the fits) and would be raised again on
+# the next attempt: the job fails at once with the message, instead of burning max_attempts on the
+# same crash (F7: an OverflowError in a fit was tried three times).
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+TRANSIENT_ERRORS = (*DATABASE_UNAVAILABLE, LeaseLost)
+# Out of host or device memory: as deterministic as the rest (same spec, same sizes), but the
+# message says what to change. torch's CPU allocator raises a plain RuntimeError with this text.
+OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError)
+CPU_ALLOCATOR_FAILED = "can't allocate memory"
+
+
+def failure(exc: Exception, device: torch.device) -> tuple[str, bool]:
+    """The job's error message for `exc`, and whether another attempt may succeed."""
+    message = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OUT_OF_MEMORY) or CPU_ALLOCATOR_FAILED in message:
+        # torch's CUDA message runs to several lines of allocator advice; its first says it all.
+        first_line = message.strip().splitlines()[0][:300]
+        where = f"on {device}" if isinstance(exc, torch.OutOfMemoryError) else "in host RAM"
+        return (
+            f"out of memory {where} ({first_line}): the job's data and model do not fit in "
+            "this worker's memory and would not on another attempt. Make the job smaller: a "
+            "smaller fixed optimizer.batch_size, fewer or narrower layers (model), or less data "
+            "(dataset.max_train_samples; synthetic_samples / synthetic_features)",
+            False,
+        )
+    return message, isinstance(exc, TRANSIENT_ERRORS)
 
 
 class JobLog(logging.LoggerAdapter[logging.Logger]):
@@ -92,6 +131,9 @@ class JobRun:
     start_fraction: float = 0.0
     last_write: float = 0.0
     halt: Halt | None = None
+    # time.monotonic() when the lease was last set (claim or heartbeat), taken before the write:
+    # the lease runs to at least leased_at + lease_seconds.
+    leased_at: float = field(default_factory=time.monotonic)
 
     def progress(self) -> dict[str, Any]:
         done = self.fraction - self.start_fraction
@@ -116,19 +158,60 @@ class JobRun:
         if not force and now - self.last_write < PROGRESS_WRITE_SECONDS:
             return True
         self.last_write = now
-        with self.sessions() as session:
-            state = queue.heartbeat(
-                session,
-                self.job.id,
-                worker_id=self.worker_id,
-                lease_seconds=self.settings.lease_seconds,
-                progress=self.progress(),
+        try:
+            state = self.write(
+                lambda session: queue.heartbeat(
+                    session,
+                    self.job.id,
+                    worker_id=self.worker_id,
+                    lease_seconds=self.settings.lease_seconds,
+                    progress=self.progress(),
+                ),
+                renews_lease=True,
             )
+        except LeaseLost as exc:
+            self.log.warning("%s", exc)
+            state = "lost"
         if state != "ok":
             self.halt = state
             self.log.info("stopping at this measurement: %s", state)
             return False
         return True
+
+    def write(self, statement: Callable[[Session], T], *, renews_lease: bool = False) -> T:
+        """Run one short transaction, retried with backoff while the database is unreachable.
+
+        Gives up (LeaseLost) only when the next try would come after the lease ran out, when
+        another worker may reap the job anyway; a shorter outage costs this job nothing, not its
+        attempt nor its stored probes. Every statement here is safe to repeat: a heartbeat and
+        store_probe are idempotent, and a transition whose commit was lost with the connection
+        finds its guard no longer matching and changes nothing.
+        """
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            tried_at = time.monotonic()
+            try:
+                with self.sessions() as session:
+                    result = statement(session)
+            except DATABASE_UNAVAILABLE as exc:
+                why = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["?"])[0]
+                left = self.leased_at + self.settings.lease_seconds - time.monotonic()
+                if left <= delay:
+                    raise LeaseLost(
+                        f"the database stayed unreachable until the lease ran out ({why})"
+                    ) from exc
+                self.log.warning(
+                    "database unavailable (%s); retrying in %.1f s, %.0f s of lease left",
+                    why,
+                    delay,
+                    left,
+                )
+                time.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX_SECONDS)
+                continue
+            if renews_lease:
+                self.leased_at = tried_at
+            return result
 
     def set_phase(self, phase: Phase) -> bool:
         self.phase = phase
@@ -161,8 +244,8 @@ class JobRun:
         config = result.config
         rate = effective_rate(config.learning_rate, config.momentum, config.batch_size)
         data["order"] = probe_order(kind, result.records, rate).model_dump(mode="json")
-        with self.sessions() as session:
-            fresh = queue.store_probe(
+        fresh = self.write(
+            lambda session: queue.store_probe(
                 session,
                 self.job.id,
                 key=probe.key,
@@ -171,6 +254,7 @@ class JobRun:
                 result=data,
                 seconds=result.seconds,
             )
+        )
         self.stored_keys.add(probe.key)
         self.log.info(
             "probe %s %s (%s, %.1f s)",
@@ -186,8 +270,7 @@ class JobRun:
         if not self.set_phase("loading-data"):
             return self.finish_halted()
         dataset = load_dataset(spec.dataset, self.settings.data_roots, spec.seed).to(self.device)
-        with self.sessions() as session:
-            stored = queue.stored_probes(session, self.job.id)
+        stored = self.write(lambda session: queue.stored_probes(session, self.job.id))
         done = {key: ProbeResult.from_dict(row["result"]) for key, row in stored.items()}
         recommendation = recommend.run(
             spec,
@@ -202,30 +285,34 @@ class JobRun:
         if recommendation is None or self.halt is not None:
             return self.finish_halted()
         result = recommendation.model_dump(mode="json")
-        with self.sessions() as session:
-            finished = queue.complete(session, self.job.id, worker_id=self.worker_id, result=result)
+        finished = self.write(
+            lambda session: queue.complete(
+                session, self.job.id, worker_id=self.worker_id, result=result
+            )
+        )
         self.log.info(
             "succeeded" if finished else "finished, but the lease was lost: result dropped"
         )
 
     def finish_halted(self) -> None:
-        with self.sessions() as session:
-            if self.halt == "cancel":
-                queue.mark_cancelled(session, self.job.id, worker_id=self.worker_id)
-                self.log.info("cancelled (%d probes kept)", len(self.stored_keys))
-            elif self.halt == "stop":
-                queue.release(session, self.job.id, worker_id=self.worker_id)
-                self.log.info("released back to the queue (%d probes kept)", len(self.stored_keys))
-            else:
-                self.log.warning("lease lost; another worker owns the job now")
+        job_id, worker_id = self.job.id, self.worker_id
+        if self.halt == "cancel":
+            self.write(lambda session: queue.mark_cancelled(session, job_id, worker_id=worker_id))
+            self.log.info("cancelled (%d probes kept)", len(self.stored_keys))
+        elif self.halt == "stop":
+            self.write(lambda session: queue.release(session, job_id, worker_id=worker_id))
+            self.log.info("released back to the queue (%d probes kept)", len(self.stored_keys))
+        else:
+            self.log.warning("lease lost; another worker owns the job now")
 
     def finish_with_error(self, exc: Exception) -> None:
-        permanent = isinstance(exc, PERMANENT_ERRORS)
-        message = f"{type(exc).__name__}: {exc}"
-        with self.sessions() as session:
-            status = queue.fail_or_retry(
-                session, self.job.id, worker_id=self.worker_id, error=message, retry=not permanent
+        """Requeue the job after a transient error; fail it at once after any other (`failure`)."""
+        message, retry = failure(exc, self.device)
+        status = self.write(
+            lambda session: queue.fail_or_retry(
+                session, self.job.id, worker_id=self.worker_id, error=message, retry=retry
             )
+        )
         self.log.error("%s → %s", message, status or "lease already lost")
 
 
@@ -237,18 +324,20 @@ def run_one(
     worker_id: str,
     device: torch.device,
     stop: threading.Event,
+    claimed_at: float,
 ) -> None:
+    """Run one claimed job to its end; `claimed_at`: time.monotonic() before the claim."""
     log = JobLog(logger, {"job_id": job.id})
     log.info("claimed (attempt %d of %d) by %s", job.attempts, job.max_attempts, worker_id)
-    run = JobRun(settings, sessions, job, worker_id, device, stop, log)
+    run = JobRun(settings, sessions, job, worker_id, device, stop, log, leased_at=claimed_at)
     try:
         run.run()
     except Exception as exc:
         log.exception("failed")
         try:
             run.finish_with_error(exc)
-        except SQLAlchemyError:
-            # The database is unreachable too: the lease runs out and the job is requeued.
+        except (SQLAlchemyError, LeaseLost):
+            # The database stayed unreachable: the lease runs out and the job is requeued.
             log.exception("could not record the failure")
 
 
@@ -276,6 +365,7 @@ def run_worker(
             engine.url.database,
         )
         while not stop.is_set():
+            claimed_at = time.monotonic()
             try:
                 with sessions() as session:
                     requeued = queue.requeue_stale(session)
@@ -291,7 +381,13 @@ def run_worker(
                 continue
             if job is not None:
                 run_one(
-                    settings, sessions, job, worker_id=worker_id, device=torch_device, stop=stop
+                    settings,
+                    sessions,
+                    job,
+                    worker_id=worker_id,
+                    device=torch_device,
+                    stop=stop,
+                    claimed_at=claimed_at,
                 )
             # Between jobs: send the webhooks that are due (those of the job just ended, too).
             try:

@@ -11,7 +11,9 @@ database: the worker stores each probe from `on_probe` and halts the run from `o
 
 from __future__ import annotations
 
+import math
 import platform
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -20,13 +22,20 @@ from typing import Literal
 import numpy as np
 import torch
 
-from app.schemas import Cost, Recommendation, RecommendationSpec
+from app.schemas import Cost, Recommendation, RecommendationSpec, Verification
 from worker import fit
 from worker.data import Dataset
-from worker.decide import decide
-from worker.law import EDGE, TRANSIENT_EPOCHS, OrderKind, order_kind, order_series
+from worker.decide import decide, initial_refusal, refusal
+from worker.law import BASE_BATCH, EDGE, TRANSIENT_EPOCHS, OrderKind, order_kind, order_series
 from worker.plan import PlannedProbe, plan_probes
-from worker.probe import ProbeProgress, ProbeRecord, ProbeResult, run_population
+from worker.probe import (
+    ProbeConfig,
+    ProbeProgress,
+    ProbeRecord,
+    ProbeResult,
+    init_model,
+    run_population,
+)
 from worker.verify import verify
 
 Phase = Literal["probing", "fitting", "verifying"]
@@ -187,6 +196,12 @@ def run(
     recorded in the cost. The result carries the seed, the library versions and the device.
     """
     plan = plan_probes(spec, dataset)
+    if not done:  # a resumed job was judged at step 0 by its first attempt
+        refused = _refuse_at_step_0(spec, dataset, device=device)
+        if refused is not None:
+            reason, seconds = refused
+            cost = Cost(device=str(device), probe_seconds=seconds, probe_steps=0, attempts=attempts)
+            return refusal(spec, reason).model_copy(update=_provenance(spec, device, cost, None))
     # Probe compute is probe_fraction of one full run; verification is one full run.
     pf = spec.budget.probe_fraction
     share = pf / (pf + 1.0) if spec.verify else PROBE_SHARE
@@ -222,8 +237,15 @@ def run(
         )
         if tally.halted:
             return None
-    provenance = {
-        "cost": tally.cost(device, attempts),
+    provenance = _provenance(spec, device, tally.cost(device, attempts), verification)
+    return decision.recommendation.model_copy(update=provenance)
+
+
+def _provenance(
+    spec: RecommendationSpec, device: torch.device, cost: Cost, verification: Verification | None
+) -> dict[str, object]:
+    return {
+        "cost": cost,
         "seed": spec.seed,
         "versions": {
             "torch": str(torch.__version__),
@@ -233,4 +255,27 @@ def run(
         "device": str(device),
         "verification": verification,
     }
-    return decision.recommendation.model_copy(update=provenance)
+
+
+def _refuse_at_step_0(
+    spec: RecommendationSpec, dataset: Dataset, *, device: torch.device
+) -> tuple[str, float] | None:
+    """(reason, seconds) when the untrained network already decides the answer: one measurement
+    at step 0 (a forward pass on one batch), no training step."""
+    started = time.perf_counter()
+    seed = spec.seed * 1000  # the first probe's: the same initial weights the probes start from
+    normalised = any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for m in init_model(spec.model, dataset, seed).modules()
+    )
+    y0 = math.nan
+    if not normalised:
+        batch = min(BASE_BATCH, dataset.train_size)
+        config = ProbeConfig(0.0, 0.0, 0.0, batch, seed, 0)
+        (initial,) = run_population(
+            spec.model, dataset, [config], device=device, measure_every=0, eval_every=0
+        )
+        _, y = order_series(initial.records[:1], order_kind(spec))
+        y0 = float(y[0]) if len(y) else math.nan
+    reason = initial_refusal(spec, y0, normalised=normalised)
+    return None if reason is None else (reason, time.perf_counter() - started)
