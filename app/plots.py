@@ -353,9 +353,14 @@ def plot_growth(data: PlotData) -> Figure:
 
 
 def _edge_time(ax: Axes, t_edge: float | None, end: float) -> None:
-    if t_edge is not None and 0 < t_edge <= end:
+    # Within 1 % of the end is "at the end" (the engine aims the edge at the last epoch), as the
+    # dashboard says too.
+    if t_edge is not None and 0 < t_edge <= end * 1.01:
         ax.axvline(
-            t_edge, color="grey", linestyle=":", label=f"edge reached at {t_edge:.2g} epochs"
+            min(t_edge, end),
+            color="grey",
+            linestyle=":",
+            label=f"edge reached at {min(t_edge, end):.3g} epochs",
         )
     elif t_edge is not None and t_edge > end:
         ax.text(

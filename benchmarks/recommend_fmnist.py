@@ -131,9 +131,11 @@ def part_edgetune(
     end = time.perf_counter()
     assert rec is not None  # nothing halts it here
     recommendation = rec.model_dump(mode="json")
-    (plan,) = plans
-    probe_wall = fitting_at[0] - start
-    fit_wall = end - fitting_at[0]
+    # A refusal at step 0 plans and fits nothing: no plan, no fitting phase.
+    plan = plans[0] if plans else []
+    fitted = fitting_at[0] if fitting_at else end
+    probe_wall = fitted - start
+    fit_wall = end - fitted
     epochs = spec.budget.epochs
     probes = []
     for p in plan:

@@ -495,10 +495,19 @@ class Verification(BaseModel):
     test_accuracy: float | None = None
 
 
+class Verdict(BaseModel):
+    """What to do with the result, in one line: "use it", "use with care: <the reason that
+    matters most>", or "don't: <why>, try <a change the spec can express>"."""
+
+    action: Literal["use", "care", "dont"]
+    message: str
+
+
 class Recommendation(BaseModel):
     """The result of a succeeded job. `hyperparameters` is null when the probes found no
     configuration that reaches the edge; `validity.reason` then says why."""
 
+    verdict: Verdict | None = None  # null only in results stored before verdicts existed
     hyperparameters: Hyperparameters | None
     edge: EdgeSummary
     validity: Validity
@@ -538,6 +547,7 @@ __all__ += [
     "SGDKwargs",
     "Trajectory",
     "Validity",
+    "Verdict",
     "Verification",
     "VerificationTrajectory",
 ]

@@ -106,10 +106,16 @@ def _remote_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    details = argparse.ArgumentParser(add_help=False)
+    details.add_argument(
+        "--details",
+        action="store_true",
+        help="also print the evidence: edge-of-chaos summary, validity flags, warnings, cost",
+    )
 
     recommend = commands.add_parser(
         "recommend",
-        parents=[url, as_json],
+        parents=[url, as_json, details],
         help="submit a spec (YAML or JSON) and print the result",
     )
     recommend.add_argument("spec", help="path to the spec file")
@@ -128,7 +134,8 @@ def _remote_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
         ("result", "a finished job's recommended hyperparameters, edge summary and validity"),
         ("cancel", "cancel one job (a running one stops at its next measurement)"),
     ):
-        sub = job_commands.add_parser(name, parents=[url, as_json], help=text)
+        parents = [url, as_json, details] if name == "result" else [url, as_json]
+        sub = job_commands.add_parser(name, parents=parents, help=text)
         sub.add_argument("id")
     export = job_commands.add_parser(
         "export", parents=[url], help="the results of many jobs as CSV (default) or JSON lines"

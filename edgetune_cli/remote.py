@@ -168,27 +168,46 @@ def _cell(value: object) -> str | None:
     return None
 
 
-def _facts(title: str, model: BaseModel) -> Table:
+def _facts(title: str, model: BaseModel, skip: frozenset[str] = frozenset()) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     for name in type(model).model_fields:
+        if name in skip:
+            continue
         cell = _cell(getattr(model, name))
         if cell is not None:  # trajectories, fits, per-probe growth: see --json
             table.add_row(name, cell)
     return table
 
 
-def print_recommendation(result: Recommendation) -> None:
+VERDICT_STYLES = {"use": "bold green", "care": "bold yellow", "dont": "bold red"}
+# The paper's λ and η/((1−α)B) are for the physics-minded: in --details and --json.
+TECHNICAL = frozenset({"paper_lambda", "effective_rate"})
+
+
+def print_recommendation(result: Recommendation, *, details: bool = False) -> None:
+    """The verdict first, then the numbers to use; the evidence behind them with details."""
+    if result.verdict is not None:
+        out.print(Text(result.verdict.message, style=VERDICT_STYLES[result.verdict.action]))
     hyper = result.hyperparameters
     if hyper is None:
         # A finished job can still conclude that no configuration reaches the edge; it says why.
         out.print(Text("No recommendation could be made.", style="bold"))
     else:
-        out.print(_facts("Recommended hyperparameters", hyper))
+        skip = frozenset() if details else TECHNICAL
+        out.print(_facts("Recommended hyperparameters", hyper, skip))
         args = ", ".join(f"{k}={v!r}" for k, v in hyper.torch_sgd_kwargs.model_dump().items())
         out.print(f"torch.optim.SGD(model.parameters(), {args})", highlight=False)
-    out.print(_facts("Edge of chaos (predicted)", result.edge))
     if result.verification is not None:
         out.print(_facts("Verification run", result.verification))
+    if not details:
+        count = len(result.validity.warnings)
+        out.print(f"the evidence (edge of chaos, fits, {count} warnings): --details; all: --json")
+        return
+    _print_evidence(result)
+
+
+def _print_evidence(result: Recommendation) -> None:
+    out.print(_facts("Edge of chaos (predicted)", result.edge))
     validity = result.validity
     flags = [name for name, on in validity.flags.items() if on]
     verdict = "ok" if validity.ok else "check the warnings"
@@ -233,7 +252,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
-        print_recommendation(result)
+        print_recommendation(result, details=args.details)
     return 0
 
 
@@ -274,7 +293,7 @@ def _one(client: Client, args: argparse.Namespace) -> None:
         if args.json:
             print(result.model_dump_json(indent=2))
         else:
-            print_recommendation(result)
+            print_recommendation(result, details=args.details)
         return
     job = client.cancel(args.id) if args.jobs_command == "cancel" else client.job(args.id)
     if args.json:

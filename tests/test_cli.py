@@ -345,9 +345,25 @@ def test_recommend_without_wait_on_the_embedded_fallback_runs_the_job(tmp_path: 
         k: v for k, v in os.environ.items() if k not in ("EDGETUNE_URL", "EDGETUNE_DATABASE_URL")
     }
     env["EDGETUNE_DATA_DIR"] = str(tmp_path)
-    result = edgetune("recommend", str(DIGITS), "--json", env=env)
+    result = edgetune("recommend", str(DIGITS), "--json", env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "follows it to the end" in result.stderr
     assert json.loads(result.stdout)["hyperparameters"]["learning_rate"] > 0
     listed = edgetune("jobs", "list", "--json", env=env)
     assert [job["status"] for job in json.loads(listed.stdout)["jobs"]] == ["succeeded"]
+
+
+def test_the_verdict_comes_first_and_the_evidence_is_one_flag_away(
+    server: tuple[str, dict[str, str]], finished: str
+) -> None:
+    _, env = server
+    result = json.loads(edgetune("jobs", "result", finished, "--json", env=env).stdout)
+    verdict = result["verdict"]
+    assert verdict["action"] in ("use", "care", "dont")
+    table = edgetune("jobs", "result", finished, env=env).stdout
+    assert table.splitlines()[0] == verdict["message"]
+    assert "warning:" not in table and "paper_lambda" not in table
+    assert "--details" in table
+    detailed = edgetune("jobs", "result", finished, "--details", env=env).stdout
+    assert "Edge of chaos (predicted)" in detailed and "validity:" in detailed
+    assert "paper_lambda" in detailed

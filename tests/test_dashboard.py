@@ -172,6 +172,13 @@ def test_submit_watch_and_open_a_job_in_chromium(
         "torch.optim.SGD(model.parameters(), lr=" in driver.find_element(By.ID, "sgd-snippet").text
     )
     assert driver.find_element(By.ID, "validity-verdict").text in ("ok", "check the warnings")
+    # The one line a person acts on comes first, with the API's own words.
+    verdict = driver.find_element(By.ID, "verdict")
+    recommendation = httpx.get(
+        f"{url}/v1/jobs/{job_id}/recommendation", headers={"X-API-Key": key}
+    ).json()
+    assert verdict.text == recommendation["verdict"]["message"]
+    assert recommendation["verdict"]["action"] in verdict.get_attribute("class")
     for name in ("order", "collapse", "growth", "trajectory"):
         wait_for(
             driver,

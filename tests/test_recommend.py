@@ -434,3 +434,23 @@ def test_the_law_imports_no_torch() -> None:
     code = "import sys, worker.law; print(sorted(m for m in sys.modules if m.startswith('torch')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_answer_carries_a_verdict_a_person_can_act_on(digits: Dataset) -> None:
+    from worker.verdict import CARE
+
+    rec = _run(_spec(), digits)
+    assert rec.verdict is not None
+    if rec.validity.ok:
+        assert rec.verdict.action == "use" and rec.verdict.message == "use it"
+    else:
+        raised = [flag for flag, _ in CARE if rec.validity.flags.get(flag)]
+        assert rec.verdict.action == "care" and raised
+        assert rec.verdict.message == "use with care: " + dict(CARE)[raised[0]]
+    refused = _run(
+        _spec(model={"type": "mlp", "hidden": [64], "init": {"scheme": "edge", "J": 2.0}}),
+        digits,
+    )
+    assert refused.verdict is not None and refused.verdict.action == "dont"
+    assert refused.verdict.message.startswith("don't: the network starts chaotic")
+    assert "model.init" in refused.verdict.message  # what to try, in the spec's own terms

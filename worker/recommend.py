@@ -36,6 +36,7 @@ from worker.probe import (
     init_model,
     run_population,
 )
+from worker.verdict import verdict
 from worker.verify import verify
 
 Phase = Literal["probing", "fitting", "verifying"]
@@ -201,7 +202,7 @@ def run(
         if refused is not None:
             reason, seconds = refused
             cost = Cost(device=str(device), probe_seconds=seconds, probe_steps=0, attempts=attempts)
-            return refusal(spec, reason).model_copy(update=_provenance(spec, device, cost, None))
+            return _finished(refusal(spec, reason), _provenance(spec, device, cost, None))
     # Probe compute is probe_fraction of one full run; verification is one full run.
     pf = spec.budget.probe_fraction
     share = pf / (pf + 1.0) if spec.verify else PROBE_SHARE
@@ -238,7 +239,13 @@ def run(
         if tally.halted:
             return None
     provenance = _provenance(spec, device, tally.cost(device, attempts), verification)
-    return decision.recommendation.model_copy(update=provenance)
+    return _finished(decision.recommendation, provenance)
+
+
+def _finished(result: Recommendation, provenance: dict[str, object]) -> Recommendation:
+    """The result with how it was made and the one-line verdict a person acts on."""
+    result = result.model_copy(update=provenance)
+    return result.model_copy(update={"verdict": verdict(result)})
 
 
 def _provenance(

@@ -203,7 +203,9 @@ function factRows(table, rows) {
 function edgeEpoch(epoch, runEpochs) {
   if (typeof epoch !== "number") return "not within reach";
   const text = fmt(epoch);
-  return epoch > runEpochs ? `${text} (after this ${fmt(runEpochs)}-epoch run ends)` : text;
+  // Within 1 % of the end is "at the end": the engine aims the edge at the last epoch.
+  if (epoch > runEpochs * 1.01) return `${text} (after this ${fmt(runEpochs)}-epoch run ends)`;
+  return epoch >= runEpochs * 0.99 ? `${text} (at the end of the run)` : text;
 }
 
 function showRecommendation(result) {
@@ -211,6 +213,9 @@ function showRecommendation(result) {
   const hyper = result.hyperparameters;
   const edge = result.edge || {};
   const validity = result.validity || {};
+  const verdict = result.verdict || { action: validity.ok ? "use" : "care", message: "" };
+  $("#verdict").textContent = verdict.message;
+  $("#verdict").className = `verdict ${verdict.action}`;
   if (hyper) {
     factRows($("#hyperparameters"), [
       ["learning rate η", hyper.learning_rate],
@@ -218,7 +223,6 @@ function showRecommendation(result) {
       ["batch size B", hyper.batch_size],
       ["weight decay (PyTorch)", hyper.weight_decay],
       ["epochs", hyper.epochs],
-      ["paper's λ (= weight decay / 2)", hyper.paper_lambda],
     ]);
     const kwargs = hyper.torch_sgd_kwargs || {};
     // Six significant digits: what a person copies (0.04, not 0.039999999999999994).
@@ -243,9 +247,9 @@ function showRecommendation(result) {
   }
   factRows($("#edge"), rows);
   $("#edge").title = order.description || "";
-  const verdict = $("#validity-verdict");
-  verdict.textContent = validity.ok ? "ok" : "check the warnings";
-  verdict.className = `status ${validity.ok ? "ok" : "warn"}`;
+  const flagged = $("#validity-verdict");
+  flagged.textContent = validity.ok ? "ok" : "check the warnings";
+  flagged.className = `status ${validity.ok ? "ok" : "warn"}`;
   const flags = Object.entries(validity.flags || {}).filter(([, on]) => on).map(([name]) => name);
   $("#validity-flags").textContent = flags.length ? `flags: ${flags.join(", ")}` : "no flags raised";
   const list = $("#warnings");
