@@ -22,7 +22,7 @@ RUN mkdir -p app/static app/migrations/versions worker edgetune edgetune_cli \
 # one-shot migration (`edgetune db upgrade`) in docker-compose.yml.
 FROM base AS api
 # Editable, so the code copied below is what runs (alembic.ini too, for `alembic` from a shell).
-RUN pip install -e .
+RUN pip install -e '.[server]'
 COPY alembic.ini ./
 COPY app ./app
 COPY worker ./worker

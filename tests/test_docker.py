@@ -114,7 +114,7 @@ def test_api_image_has_no_torch_and_worker_image_has_it() -> None:
     stages = dockerfile_stages()
     api_runs = " ".join(args for inst, args in stage_lines(stages, "api") if inst == "RUN")
     worker_runs = " ".join(args for inst, args in stage_lines(stages, "worker") if inst == "RUN")
-    assert "pip install -e ." in api_runs
+    assert "pip install -e '.[server]'" in api_runs
     assert "[worker]" not in api_runs and "torch" not in api_runs
     assert "pip install -e '.[worker]'" in worker_runs
 

@@ -90,3 +90,51 @@ def test_the_installed_command_migrates_a_fresh_sqlite_database(
     with sqlite3.connect(db) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert {"jobs", "probes", "alembic_version"} <= tables
+
+
+def test_the_slim_install_is_a_client_without_the_server_stack(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """`pip install edgetune` (no extras) into a fresh venv: httpx, pydantic and PyYAML from the
+    package index, no fastapi or sqlalchemy, and the client talks to a running server."""
+    from app.config import Settings
+    from app.db import upgrade
+    from tests.helpers import SMALL_SPEC, api_key, live_server
+
+    root = tmp_path / "slim"
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+    python = str(root / "bin" / "python")
+    installed = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert installed.returncode == 0, installed.stderr
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'slim.db'}", data_dir=tmp_path, data_root=str(tmp_path)
+    )
+    upgrade(settings)
+    key = api_key(settings)["X-API-Key"]
+    script = (
+        "import importlib.util, sys\n"
+        "from edgetune import Client\n"
+        "present = [m for m in ('fastapi', 'sqlalchemy', 'alembic', 'uvicorn', 'torch')"
+        " if importlib.util.find_spec(m) is not None]\n"
+        "assert not present, present  # the server stack came along\n"
+        "with Client(sys.argv[1], api_key=sys.argv[2]) as client:\n"
+        "    job = client.submit(" + repr(SMALL_SPEC) + ")\n"
+        "    print(client.job(job.id).status)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGETUNE_")}
+    with live_server(settings) as url:
+        done = subprocess.run(
+            [python, "-c", script, url, key], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "queued"
+    # The command needs the server's packages, and says which extra brings them.
+    command = subprocess.run(
+        [str(root / "bin" / "edgetune"), "--help"], env=env, capture_output=True, text=True
+    )
+    assert command.returncode == 1 and "pip install 'edgetune[server]'" in command.stderr

@@ -144,7 +144,7 @@ def _validated_regime(spec: RecommendationSpec, kind: OrderKind) -> str | None:
     if kind == "chi":
         return (
             "the scaling laws were validated on one tanh hidden layer (Fashion-MNIST); for "
-            "deeper or non-tanh networks they are an extrapolation (science.md §6)"
+            "deeper or non-tanh networks they are an extrapolation (docs/science.md §6)"
         )
     if spec.dataset.name not in ("fashion-mnist", "mnist"):
         return "the scaling laws were validated on Fashion-MNIST; other data is an extrapolation"
