@@ -474,6 +474,9 @@ class Cost(BaseModel):
     probe_seconds: float
     probe_steps: int
     attempts: int
+    # Training samples the probes used over those of one full run (budget.epochs × the training
+    # set); null in results stored before it was recorded.
+    full_run_equivalents: float | None = None
 
 
 class VerificationTrajectory(BaseModel):

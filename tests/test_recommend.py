@@ -436,6 +436,17 @@ def test_the_law_imports_no_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_cost_counts_the_probes_training_samples_in_full_runs(digits: Dataset) -> None:
+    spec = _spec()
+    probes: list[ProbeResult] = []
+    rec = recommend.run(spec, digits, device=CPU, on_probe=lambda _, r: probes.append(r))
+    assert rec is not None and rec.cost is not None
+    samples = sum(r.steps_done * r.config.batch_size for r in probes)
+    expected = samples / (spec.budget.epochs * digits.train_size)
+    assert rec.cost.full_run_equivalents == pytest.approx(expected)
+    assert 0 < rec.cost.full_run_equivalents <= spec.budget.probe_fraction * 1.05
+
+
 def test_every_answer_carries_a_verdict_a_person_can_act_on(digits: Dataset) -> None:
     from worker.verdict import CARE
 

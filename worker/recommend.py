@@ -165,13 +165,15 @@ class _Tally:
 
         return on_verify
 
-    def cost(self, device: torch.device, attempts: int) -> Cost:
+    def cost(self, device: torch.device, attempts: int, full_run_samples: float) -> Cost:
         results = [self.finished[p.key] for p in self.plan if p.key in self.finished]
+        samples = sum(r.steps_done * r.config.batch_size for r in results)
         return Cost(
             device=str(device),
             probe_seconds=sum(r.seconds for r in results),
             probe_steps=sum(r.steps_done for r in results),
             attempts=attempts,
+            full_run_equivalents=samples / full_run_samples,
         )
 
 
@@ -201,7 +203,13 @@ def run(
         refused = _refuse_at_step_0(spec, dataset, device=device)
         if refused is not None:
             reason, seconds = refused
-            cost = Cost(device=str(device), probe_seconds=seconds, probe_steps=0, attempts=attempts)
+            cost = Cost(
+                device=str(device),
+                probe_seconds=seconds,
+                probe_steps=0,
+                attempts=attempts,
+                full_run_equivalents=0.0,
+            )
             return _finished(refusal(spec, reason), _provenance(spec, device, cost, None))
     # Probe compute is probe_fraction of one full run; verification is one full run.
     pf = spec.budget.probe_fraction
@@ -238,7 +246,9 @@ def run(
         )
         if tally.halted:
             return None
-    provenance = _provenance(spec, device, tally.cost(device, attempts), verification)
+    # One full run sees budget.epochs × the training set, whatever its batch size.
+    full_run = spec.budget.epochs * dataset.train_size
+    provenance = _provenance(spec, device, tally.cost(device, attempts, full_run), verification)
     return _finished(decision.recommendation, provenance)
 
 
