@@ -10,6 +10,7 @@ or unpickled. Every model forbids unknown fields so a typo is an error that name
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -137,9 +138,15 @@ class DatasetSpec(Strict):
 
     @field_validator("path")
     @classmethod
-    def _no_nul(cls, v: str | None) -> str | None:
+    def _local_path(cls, v: str | None) -> str | None:
         if v is not None and "\x00" in v:
             raise ValueError("path must not contain NUL bytes")
+        if v is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", v):
+            # Workers read local files only (no credentials, no network at run time).
+            raise ValueError(
+                f"path must be a local path under the workers' data roots, not a URL ({v}): "
+                "copy the data into a data root (EDGETUNE_DATA_ROOT) and give its relative path"
+            )
         return v
 
 

@@ -211,6 +211,12 @@ CASES = [
         id="nul-in-callback-url",
     ),
     pytest.param(
+        {"json": spec(dataset={"name": "npz", "path": "s3://bucket/x.npz"})},
+        422,
+        "dataset.path: Value error, path must be a local path under the workers' data roots",
+        id="url-as-dataset-path",
+    ),
+    pytest.param(
         {"json": spec(model={"type": "cnn", "blocks": [{"channels": 8}]})},
         422,
         "model.type: a CNN needs image input",
