@@ -26,8 +26,9 @@ lint: install
 	$(BIN)/mypy app worker edgetune edgetune_cli
 	$(BIN)/lint-imports
 
+# Fetches Fashion-MNIST first (edgetune data fetch) when no data root has it.
 demo: install
-	bash scripts/demo.sh
+	EDGETUNE=$(BIN)/edgetune PYTHON=$(BIN)/python bash scripts/demo.sh
 
 serve: install
 	$(BIN)/edgetune serve

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".edgetune")
     # os.pathsep-separated folders that dataset paths must lie under (EDGETUNE_DATA_ROOT).
     data_root: str = ""
+    # Where `edgetune data fetch` downloads MNIST / Fashion-MNIST from: one folder URL, {name}
+    # replaced by the dataset's name ("" = each dataset's official mirror, app/fetch.py).
+    data_mirror: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -53,10 +56,21 @@ class Settings(BaseSettings):
 
     # Limits on what one request may ask for (422s that name the field and the limit).
     max_parameters: int = 20_000_000
+    # Memory a worker may need for one job, estimated before it is queued (app/limits.py: the
+    # data as float32 plus the activations of a population of probes): over it, a 422.
+    max_job_memory_bytes: int = 16 * 2**30
     max_probe_fraction: float = 2.0
     max_budget_epochs: float = 200
     max_train_samples: int = 1_000_000
     max_body_bytes: int = 1_000_000
+
+    # The HTTP server (app.main.ProblemHttpProtocol, in every launch): a request line plus
+    # headers over max_header_bytes is refused with 431; one not complete header_timeout_seconds
+    # after the connection opened (or the request's first byte) closes the connection; past
+    # max_connections open connections, requests are answered 503 (uvicorn's limit_concurrency).
+    max_header_bytes: int = 64 * 1024
+    header_timeout_seconds: float = 10.0
+    max_connections: int = 1000
 
     # True for the SQLite default: the API and worker migrate it on start instead of refusing it.
     embedded: bool = False
@@ -71,10 +85,18 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 8
     webhook_backoff_seconds: float = 2.0
     webhook_backoff_max_seconds: float = 3600.0
+    # One delivery attempt's overall deadline: resolve + connect + send + the response head,
+    # however slowly the receiver sends its bytes; past it the connection is closed and the
+    # attempt counts as failed (retried with the backoff above).
     webhook_timeout_seconds: float = 10.0
     # Outbound webhooks to private, loopback and link-local addresses are refused unless this is
     # set (a callback_url must not let a tenant probe the service's own network).
     webhook_allow_private: bool = False
+
+    # GET /metrics: a scrape within this many seconds of the last collection gets its result, so
+    # any number of scrapers cost one set of aggregate queries per interval (0: every scrape that
+    # does not overlap another collects afresh).
+    metrics_cache_seconds: float = 5.0
 
     # "json": one JSON object per log line (time, level, logger, message, job_id).
     log_format: Literal["text", "json"] = "text"

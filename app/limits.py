@@ -231,6 +231,78 @@ def check_spec(spec: RecommendationSpec, settings: Settings) -> list[Violation]:
                 "limit",
             )
         )
+    return problems + memory_problems(spec, shape, input_shape, settings)
+
+
+# Float32 tensors; synthetic data is drawn in float64 first (worker/data.py).
+FLOAT_BYTES = 4
+SYNTHETIC_DRAW_BYTES = 8
+# The most probes one population trains at once (worker/plan.py), and the largest batch the plan
+# uses when the batch size is free (4 × the default 32).
+POPULATION = 7
+FREE_BATCH = 128
+# Activations kept for the backward pass (pre- and post-activation) and their gradients.
+ACTIVATION_COPIES = 3
+GIB = 2**30
+
+
+def activation_elements(model: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Activation values one example produces through the network built for this input."""
+    if isinstance(model, MLPSpec):
+        return math.prod(input_shape) + sum(model.hidden) + num_classes
+    if isinstance(model, CNNSpec):
+        channels, height, width = input_shape
+        total = channels * height * width
+        for block in model.blocks:
+            height = (height + 2 * (block.kernel // 2) - block.kernel) // block.stride + 1
+            width = (width + 2 * (block.kernel // 2) - block.kernel) // block.stride + 1
+            total += block.channels * height * width  # before the pool: the larger map
+            height, width = height // block.pool, width // block.pool
+        return total + sum(model.hidden) + num_classes
+    # torchvision: no closed form here; the parameter limit bounds these models instead.
+    return 0
+
+
+def memory_problems(
+    spec: RecommendationSpec, shape: DataShape, input_shape: tuple[int, ...], settings: Settings
+) -> list[Violation]:
+    """The job's estimated memory (data + activations) against max_job_memory_bytes, each part
+    blamed on the spec field that sets it."""
+    limit = settings.max_job_memory_bytes
+    data = spec.dataset
+    if data.name == "synthetic":
+        samples, per_value = data.synthetic_samples, SYNTHETIC_DRAW_BYTES
+    else:
+        samples, per_value = shape.train_samples or 0, FLOAT_BYTES
+    if data.max_train_samples is not None:
+        samples = min(samples, data.max_train_samples)
+    data_bytes = samples * math.prod(input_shape) * per_value
+    batch = spec.optimizer.batch_size or FREE_BATCH
+    elements = activation_elements(spec.model, input_shape, shape.num_classes)
+    activation_bytes = elements * batch * POPULATION * ACTIVATION_COPIES * FLOAT_BYTES
+    problems = []
+    if data_bytes > limit:
+        synthetic = data.name == "synthetic"
+        field = "dataset.synthetic_samples" if synthetic else "dataset.max_train_samples"
+        problems.append(
+            Violation(
+                field,
+                f"the data needs about {data_bytes / GIB:.3g} GiB in a worker, over this "
+                f"server's limit of {limit / GIB:.3g} GiB per job; use fewer examples or features",
+                "limit",
+            )
+        )
+    if activation_bytes > limit:
+        problems.append(
+            Violation(
+                "optimizer.batch_size",
+                f"the probes' activations need about {activation_bytes / GIB:.3g} GiB at batch "
+                f"size {batch} ({POPULATION} probes train at once), over this server's limit of "
+                f"{limit / GIB:.3g} GiB per job; fix a smaller optimizer.batch_size or a narrower "
+                "model",
+                "limit",
+            )
+        )
     return problems
 
 

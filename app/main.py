@@ -7,6 +7,7 @@ application/problem+json, from the handlers below; no traceback ever reaches a c
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -16,11 +17,13 @@ from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import httptools
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
@@ -193,24 +196,182 @@ class BodySizeLimit:
         await self.app(scope, counting_receive, send)
 
 
-class ProblemHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, except that a request its parser refuses (a Content-Length
-    that is not a number, a malformed request line or header) is answered with a problem
-    document as well. uvicorn writes that 400 itself, before the app (and the handlers above)
-    sees anything. Every server of the app uses it: `uvicorn --http app.main:ProblemHttpProtocol`
-    (Dockerfile, README), `uvicorn.Config(http=ProblemHttpProtocol)` (edgetune serve)."""
+# Answered whatever the connection count (ProblemHttpProtocol.on_headers_complete).
+LIVENESS_PATH = b"/livez"
 
-    def send_400_response(self, msg: str) -> None:
-        problem = ProblemError(
-            400,
-            "Bad Request",
-            "the server cannot parse this HTTP request: a malformed request line or header "
-            "(such as a Content-Length that is not a number)",
-            "invalid-http",
+
+class HeadRefused(Exception):
+    """Raised from a parser callback to stop parsing a request head that is refused."""
+
+
+def _app_settings(app: Any) -> Settings | None:
+    """The Settings of the edgetune app inside uvicorn's wrappers (proxy headers, logging)."""
+    for _ in range(8):
+        settings = getattr(getattr(app, "state", None), "settings", None)
+        if isinstance(settings, Settings):
+            return settings
+        app = getattr(app, "app", None)
+    return None
+
+
+class ProblemHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, hardened, with its refusals as problem documents. Every
+    server of the app uses it: `uvicorn --http app.main:ProblemHttpProtocol` (Dockerfile,
+    compose, README), `uvicorn.Config(http=ProblemHttpProtocol)` (edgetune serve, the tests).
+
+    uvicorn alone has no limit on a request head's size (a 64 MB header was read whole) and no
+    deadline for it (a connection that sends half a head, or nothing, is kept for ever: 1000 of
+    them made /livez fail). Here, from the app's Settings:
+    - a head (request line and headers) over `max_header_bytes` is answered 431 and the
+      connection closed, as soon as that many bytes have arrived without the head ending;
+    - a head not complete within `header_timeout_seconds` of the connection (or, on a kept-alive
+      connection, of the next request's first byte) closes the connection (408 when part of a
+      head arrived);
+    - `max_connections` is uvicorn's `limit_concurrency` when the server sets none: past it a
+      request is answered 503 (except /livez), and the deadline above reaps the idle
+      connections.
+    A request uvicorn's parser refuses (a malformed request line or header, a Content-Length
+    that is not a number) is answered 400, a problem document as well."""
+
+    def __init__(self, config: Any, server_state: Any, app_state: Any, _loop: Any = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        settings = _app_settings(self.app)
+        defaults = Settings.model_fields
+        self.max_header_bytes: int = (
+            settings.max_header_bytes if settings else defaults["max_header_bytes"].default
         )
+        self.header_timeout: float = (
+            settings.header_timeout_seconds
+            if settings
+            else defaults["header_timeout_seconds"].default
+        )
+        if self.limit_concurrency is None:
+            self.limit_concurrency = (
+                settings.max_connections if settings else defaults["max_connections"].default
+            )
+        self._awaiting_head = False
+        self._head_bytes = 0  # received while the head is incomplete
+        self._parsed_head_bytes = 0  # of the head, as the parser's callbacks report it
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refusal: ProblemError | None = None
+
+    # The head's deadline and size.
+
+    def _expect_head(self) -> None:
+        self._awaiting_head = True
+        self._head_bytes = 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _head_done(self) -> None:
+        self._awaiting_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._awaiting_head or self.transport.is_closing():
+            return
+        if self._head_bytes == 0:
+            self.transport.close()  # nothing sent at all: nobody to answer
+            return
+        self._send_problem(
+            ProblemError(
+                408,
+                "Request Timeout",
+                f"the request line and headers did not arrive within {self.header_timeout:g} s",
+                "request-timeout",
+            )
+        )
+
+    def _too_large(self, size: str) -> ProblemError:
+        return ProblemError(
+            431,
+            "Request Header Fields Too Large",
+            f"the request line and headers are {size}; this server accepts at most "
+            f"{self.max_header_bytes} bytes",
+            "headers-too-large",
+        )
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._expect_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # refused already: the rest of what the client sends is not parsed
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            if self._refusal is not None:  # raised by a callback below
+                self._send_problem(self._refusal)
+                return
+            log.warning("invalid HTTP request received")
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        if self._awaiting_head:
+            # Everything since the head began is head: the parser holds a header it has not
+            # finished in its own buffer, so this bounds memory before any callback runs.
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._send_problem(self._too_large(f"over {self.max_header_bytes} bytes"))
+
+    def on_message_begin(self) -> None:
+        if not self._awaiting_head:  # the next request on a kept-alive connection
+            self._expect_head()
+        self._parsed_head_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
+
+    def _count_head(self, size: int) -> None:
+        # What the parser handed over, counted exactly: a head that arrived in one read.
+        self._parsed_head_bytes += size
+        if self._parsed_head_bytes > self.max_header_bytes:
+            self._refusal = self._too_large(f"{self._parsed_head_bytes} bytes or more")
+            raise HeadRefused
+
+    def on_headers_complete(self) -> None:
+        self._head_done()
+        if self.limit_concurrency is not None and self.url.partition(b"?")[0] == LIVENESS_PATH:
+            # /livez answers past the limit: it has no dependencies, and a liveness probe that
+            # fails under a flood of connections gets a healthy process restarted. /readyz
+            # stays limited: "overloaded, send traffic elsewhere" is what it is for.
+            limit, self.limit_concurrency = self.limit_concurrency, None
+            try:
+                super().on_headers_complete()
+            finally:
+                self.limit_concurrency = limit
+            return
+        super().on_headers_complete()
+
+    # Answers written by the protocol itself, before (or instead of) the app.
+
+    def _send_problem(self, problem: ProblemError) -> None:
+        self._head_done()
         body = json.dumps(problem.to_dict(), separators=(",", ":")).encode()
         defaults = self.server_state.default_headers  # date, server
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        phrase = HTTPStatus(problem.status).phrase
+        head = [f"HTTP/1.1 {problem.status} {phrase}\r\n".encode()]
         head += [name + b": " + value + b"\r\n" for name, value in defaults]
         head += [
             f"content-type: {PROBLEM_MEDIA_TYPE}\r\n".encode(),
@@ -219,6 +380,17 @@ class ProblemHttpProtocol(HttpToolsProtocol):
         ]
         self.transport.write(b"".join(head) + body)
         self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        self._send_problem(
+            ProblemError(
+                400,
+                "Bad Request",
+                "the server cannot parse this HTTP request: a malformed request line or header "
+                "(such as a Content-Length that is not a number)",
+                "invalid-http",
+            )
+        )
 
 
 def _package_version() -> str:
@@ -250,11 +422,14 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             engine.dispose()
 
-    app = FastAPI(
+    # FastAPI's own /docs and /redoc load Swagger UI and ReDoc from a CDN, blank on an air-gapped
+    # cluster; fastapi-offline serves the same pages with their files from this server.
+    app = FastAPIOffline(
         title="edgetune",
         version=_package_version(),
         summary="Hyperparameters at the edge of chaos, measured from short probing runs",
         lifespan=lifespan,
+        static_url="/docs-assets",
     )
     app.state.settings = settings
     app.state.database = None  # set by the lifespan
@@ -262,7 +437,7 @@ def create_app(settings: Settings) -> FastAPI:
     def sessions() -> Any:
         return app.state.database.sessions if app.state.database is not None else None
 
-    app.state.metrics = metrics.Metrics(sessions)
+    app.state.metrics = metrics.Metrics(sessions, cache_seconds=settings.metrics_cache_seconds)
     app.include_router(routes.router)
     app.mount("/static", StaticFiles(directory=routes.STATIC_DIR), name="static")
     app.include_router(metrics.router)

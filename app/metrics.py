@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
+import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -40,22 +41,23 @@ def _histogram(
     name: str,
     doc: str,
     buckets: Sequence[float],
-    series: dict[tuple[str, ...], list[float]],
+    series: dict[tuple[str, ...], service.Histogram],
     labels: Sequence[str] = (),
 ) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=list(labels))
-    for label_values, values in series.items():
-        cumulative = [(str(le), float(sum(1 for v in values if v <= le))) for le in buckets]
-        cumulative.append(("+Inf", float(len(values))))
-        family.add_metric(list(label_values), cumulative, sum_value=float(sum(values)))
+    for label_values, histogram in series.items():
+        cumulative = [(str(le), float(n)) for le, n in zip(buckets, histogram.buckets, strict=True)]
+        cumulative.append(("+Inf", float(histogram.count)))
+        family.add_metric(list(label_values), cumulative, sum_value=histogram.total)
     return family
 
 
 class DatabaseCollector(Collector):
     """Jobs, queue, probes, heartbeats and webhooks, read from the database at each scrape.
 
-    Cost per scrape: a few aggregate queries (app.service.job_stats says which), plus one row per
-    finished job for the duration histogram.
+    Cost per collection: a few aggregate queries, one per family (app.service.job_stats), each
+    answering a handful of rows however many jobs there are; `Metrics.exposition` runs at most
+    one collection at a time and shares its result.
     """
 
     def __init__(self, sessions: Callable[[], sessionmaker[Session] | None]) -> None:
@@ -79,7 +81,12 @@ class DatabaseCollector(Collector):
         yield from families
 
     def _families(self, session: Session, now: datetime) -> Iterator[Metric]:
-        stats = service.job_stats(session, buckets=PROBE_BUCKETS, newest_probes=THROUGHPUT_PROBES)
+        stats = service.job_stats(
+            session,
+            job_buckets=JOB_BUCKETS,
+            probe_buckets=PROBE_BUCKETS,
+            newest_probes=THROUGHPUT_PROBES,
+        )
         jobs = GaugeMetricFamily("edgetune_jobs", "Jobs by state", labels=["state"])
         for state in JobStatus:
             jobs.add_metric([state.value], float(stats.counts.get(state, 0)))
@@ -93,19 +100,16 @@ class DatabaseCollector(Collector):
             "edgetune_job_duration_seconds",
             "Wall time of finished jobs from first start to end, by final state",
             JOB_BUCKETS,
-            {(status.value,): seconds for status, seconds in stats.durations.items()},
+            {(status.value,): histogram for status, histogram in stats.durations.items()},
             labels=["state"],
         )
 
-        probes = HistogramMetricFamily(
-            "edgetune_probe_duration_seconds", "Wall time of each stored probe"
+        yield _histogram(
+            "edgetune_probe_duration_seconds",
+            "Wall time of each stored probe",
+            PROBE_BUCKETS,
+            {(): stats.probes},
         )
-        probe_buckets = [
-            (str(le), float(n)) for le, n in zip(PROBE_BUCKETS, stats.probe_buckets, strict=True)
-        ]
-        probe_buckets.append(("+Inf", float(stats.probe_count)))
-        probes.add_metric([], probe_buckets, sum_value=stats.probe_seconds)
-        yield probes
 
         rates = stats.throughput
         throughput = GaugeMetricFamily(
@@ -140,9 +144,22 @@ class DatabaseCollector(Collector):
 
 
 class Metrics:
-    """One app's registry: the database collector and the HTTP request metrics."""
+    """One app's registry: the database collector and the HTTP request metrics.
 
-    def __init__(self, sessions: Callable[[], sessionmaker[Session] | None]) -> None:
+    `exposition` is what a scrape gets. /metrics needs no key, so any number of clients may
+    scrape at once: one collection runs at a time, in its own thread (never one of the request
+    threads, and never more than one of the API's pooled connections), and its result serves
+    every scrape that arrives within `cache_seconds` of its start. N scrapers at once cost one
+    collection; the series are at most `cache_seconds` old.
+    """
+
+    def __init__(
+        self, sessions: Callable[[], sessionmaker[Session] | None], *, cache_seconds: float
+    ) -> None:
+        self.cache_seconds = cache_seconds
+        self._lock = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(1)
+        self._latest: tuple[float, bytes] | None = None  # (when its collection began, body)
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "edgetune_http_requests",
@@ -157,6 +174,23 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(DatabaseCollector(sessions))
+
+    async def exposition(self) -> bytes:
+        """The Prometheus text, from a collection that began at most cache_seconds before this
+        call (with 0: one that began after it, so a scraper that waited on the one running
+        still gets its result)."""
+        arrived = time.monotonic()
+        async with self._lock:
+            latest = self._latest
+            if latest is not None and latest[0] >= arrived - self.cache_seconds:
+                return latest[1]
+            began = time.monotonic()
+            # The collector queries the database: off the event loop, in this one thread.
+            body = await anyio.to_thread.run_sync(
+                generate_latest, self.registry, limiter=self._limiter
+            )
+            self._latest = (began, body)
+            return body
 
 
 class HttpMetrics:
@@ -196,6 +230,4 @@ router = APIRouter()
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text format; no API key needed (scrapers rarely carry one)."""
     metrics: Metrics = request.app.state.metrics
-    # The collector queries the database: off the event loop.
-    body = await anyio.to_thread.run_sync(generate_latest, metrics.registry)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return Response(await metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

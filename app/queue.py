@@ -244,7 +244,11 @@ def heartbeat(
     progress: dict[str, Any] | None = None,
 ) -> HeartbeatResult:
     """Extend the lease (and record progress): "ok", "cancel" (asked to stop), or "lost" (the
-    lease expired and the job was requeued or taken by another worker: stop, write nothing)."""
+    lease expired and the job was requeued or taken by another worker: stop, write nothing).
+
+    One guarded UPDATE ... RETURNING cancel_requested: every running job's heartbeat thread
+    sends it about once a second (worker.main), so it is one round trip and one tiny write.
+    """
     now = utcnow()
     values: dict[str, Any] = {
         "lease_expires_at": now + timedelta(seconds=lease_seconds),
@@ -253,11 +257,16 @@ def heartbeat(
     }
     if progress is not None:
         values["progress"] = progress
+    statement = (
+        update(Job)
+        .where(*_owned(job_id, worker_id))
+        .values(**values)
+        .returning(Job.cancel_requested)
+    )
     with transaction(session):
-        result = session.execute(update(Job).where(*_owned(job_id, worker_id)).values(**values))
-        if _rowcount(result) != 1:
-            return "lost"
-        cancel = session.scalars(select(Job.cancel_requested).where(Job.id == job_id)).one()
+        cancel = session.execute(statement).scalar_one_or_none()
+    if cancel is None:
+        return "lost"
     return "cancel" if cancel else "ok"
 
 
@@ -319,14 +328,23 @@ def get_recommendation(session: Session, job_id: str) -> dict[str, Any] | None:
     return None if row is None else row.result
 
 
-def complete(session: Session, job_id: str, *, worker_id: str, result: dict[str, Any]) -> bool:
-    """running → succeeded with its recommendation, in one commit. False if the lease was lost."""
+def complete(
+    session: Session,
+    job_id: str,
+    *,
+    worker_id: str,
+    result: dict[str, Any],
+    progress: dict[str, Any] | None = None,
+) -> bool:
+    """running → succeeded with its recommendation, in one commit. False if the lease was lost.
+    `progress`: the worker's final count (probes done), else the last heartbeat's."""
     now = utcnow()
     with transaction(session):
         job = session.scalars(select(Job).where(*_owned(job_id, worker_id))).one_or_none()
         if job is None:
             return False
-        progress = {**(job.progress or {}), "phase": "done", "fraction": 1.0, "eta_seconds": 0.0}
+        last = progress if progress is not None else (job.progress or {})
+        progress = {**last, "phase": "done", "fraction": 1.0, "eta_seconds": 0.0}
         updated = session.execute(
             update(Job)
             .where(*_owned(job_id, worker_id))

@@ -14,8 +14,22 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, func, or_, select, text
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Float,
+    Integer,
+    and_,
+    case,
+    cast,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.orm import Session
 
 from app import queue, webhooks
@@ -285,39 +299,133 @@ def plot_data(session: Session, *, job_id: str, tenant: str) -> PlotData:
 
 
 @dataclass(frozen=True)
+class Histogram:
+    """Observations summarised as a Prometheus histogram: how many, their sum, and how many were
+    at most each bound (cumulative, in the order of the bounds asked for)."""
+
+    count: int
+    total: float
+    buckets: list[int]
+
+
+@dataclass(frozen=True)
 class JobStats:
     """Jobs and probes as GET /metrics reports them (app.metrics), over every tenant."""
 
     counts: dict[JobStatus, int]  # jobs by status; a status without jobs is absent
     # Finished jobs: seconds from first start to end, by final status (every terminal one).
-    durations: dict[JobStatus, list[float]]
-    probe_count: int
-    probe_seconds: float  # summed over every stored probe
-    probe_buckets: list[int]  # probes that took at most each of the buckets' bounds
+    durations: dict[JobStatus, Histogram]
+    probes: Histogram  # seconds of every stored probe
     # Training samples per second (steps·batch_size/seconds) of the newest probes that say.
     throughput: list[float]
     newest_heartbeat: datetime | None  # of any running job
 
 
-def job_stats(session: Session, *, buckets: Sequence[float], newest_probes: int) -> JobStats:
-    """A few aggregate queries, plus one row per finished job for the durations (timestamp
-    differences, which SQLite and PostgreSQL spell differently; reading two columns keeps the
-    query portable)."""
+def _duration_microseconds(postgresql: bool) -> ColumnElement[Any]:
+    """finished_at - started_at of a job in whole microseconds, at least 0, in SQL: exact
+    integers on both databases, so bucket edges compare as they would in Python. The dialects
+    spell timestamp differences differently."""
+    if postgresql:
+        # date_part is float8 (EXTRACT's numeric is twice as slow here); rounded, exact to the
+        # microsecond for any duration under 2^53 µs (285 years).
+        seconds = func.date_part("epoch", Job.finished_at - Job.started_at)
+        micros: ColumnElement[Any] = cast(func.round(seconds * 1_000_000), BigInteger)
+    else:
+        # SQLite holds these columns as the text 'YYYY-MM-DD HH:MM:SS.ffffff' (SQLAlchemy's
+        # storage format, always with microseconds). Whole seconds from the first 19
+        # characters only: SQLite's date functions round to the millisecond.
+        def whole(column: Any) -> ColumnElement[Any]:
+            return cast(func.strftime("%s", func.substr(column, 1, 19)), Integer)
+
+        def fraction(column: Any) -> ColumnElement[Any]:
+            return cast(func.substr(column, 21, 6), Integer)
+
+        micros = (whole(Job.finished_at) - whole(Job.started_at)) * 1_000_000 + (
+            fraction(Job.finished_at) - fraction(Job.started_at)
+        )
+    # Clamped at 0 as a scalar function: a CASE would compute the difference twice per row.
+    return func.greatest(micros, 0) if postgresql else func.max(micros, 0)
+
+
+def _durations(session: Session, bounds: Sequence[float]) -> dict[JobStatus, Histogram]:
+    """Finished jobs' durations by final status: one aggregate query, a few dozen rows back
+    however many jobs there are. Bounds are inlined: fixed constants, and in microseconds past
+    2^31 a bound parameter would overflow PostgreSQL's INTEGER."""
+    bounds_us = [round(le * 1_000_000) for le in bounds]
+    assert bounds_us == sorted(bounds_us), "histogram bounds must ascend"
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    finished = (
+        select(Job.status.label("status"), _duration_microseconds(postgresql).label("micros"))
+        .where(
+            Job.status.in_(TERMINAL_STATUSES),
+            Job.started_at.is_not(None),
+            Job.finished_at.is_not(None),
+        )
+        .cte("finished_jobs")
+    )
+    per_status: dict[JobStatus, tuple[int, int, list[int]]] = {}  # count, µs, cumulative
+    if postgresql:
+        # One width_bucket per row (how many thresholds are <= micros; micros <= b ⇔ micros <
+        # b + 1), grouped: half the time of a CASE per bucket per row at 200k jobs.
+        status, micros = finished.c.status, finished.c.micros
+        thresholds: ColumnElement[Any] = literal_column(
+            f"ARRAY[{','.join(str(b + 1) for b in bounds_us)}]::bigint[]"
+        )
+        bucket = func.width_bucket(micros, thresholds).label("bucket")
+        rows = session.execute(
+            select(status, bucket, func.count(), func.sum(micros)).group_by(status, bucket)
+        ).all()
+        for state, index, count, total in rows:
+            n, summed, cumulative = per_status.get(state, (0, 0, [0] * len(bounds_us)))
+            for i in range(int(index), len(bounds_us)):
+                cumulative[i] += int(count)
+            per_status[state] = (n + int(count), summed + int(total), cumulative)
+    else:
+        # SQLite sorts for a GROUP BY on the bucket, slower than a CASE per bucket over the
+        # CTE; MATERIALIZED, or each CASE would re-parse both timestamps of every row.
+        finished = finished.prefix_with("MATERIALIZED")
+        status, micros = finished.c.status, finished.c.micros
+        columns = [
+            func.sum(case((micros <= literal_column(str(b)), 1), else_=0)) for b in bounds_us
+        ]
+        rows = session.execute(
+            select(status, func.count(), func.sum(micros), *columns).group_by(status)
+        ).all()
+        for state, count, total, *cumulative in rows:
+            per_status[state] = (int(count), int(total), [int(n) for n in cumulative])
+    empty = (0, 0, [0] * len(bounds_us))
+    histograms = {}
+    for state in JobStatus:
+        if state in TERMINAL_STATUSES:
+            n, summed, cumulative = per_status.get(state, empty)
+            # Exact integer microseconds summed, then one division: no float error accumulates.
+            histograms[state] = Histogram(n, summed / 1e6, cumulative)
+    return histograms
+
+
+def _bucket_columns(value: Any, bounds: Sequence[float]) -> list[Any]:
+    return [func.coalesce(func.sum(case((value <= le, 1), else_=0)), 0) for le in bounds]
+
+
+def job_stats(
+    session: Session,
+    *,
+    job_buckets: Sequence[float],
+    probe_buckets: Sequence[float],
+    newest_probes: int,
+) -> JobStats:
+    """Aggregates only, one query per metric family: the histograms are counted in SQL, so a
+    scrape reads a few dozen rows however many jobs and probes there are. Its cost is one scan
+    of the finished jobs and one of the probes (about 0.1 s for 200k jobs on PostgreSQL)."""
     with transaction(session):
         counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        finished = session.execute(
-            select(Job.status, Job.started_at, Job.finished_at).where(
-                Job.status.in_(TERMINAL_STATUSES),
-                Job.started_at.is_not(None),
-                Job.finished_at.is_not(None),
-            )
-        ).all()
-        # Bucket counts in SQL: one row, however many probes there are.
-        bucket_columns = [
-            func.coalesce(func.sum(case((Probe.seconds <= le, 1), else_=0)), 0) for le in buckets
-        ]
+        durations = _durations(session, job_buckets)
         probes = session.execute(
-            select(func.count(), func.coalesce(func.sum(Probe.seconds), 0.0), *bucket_columns)
+            select(
+                func.count(),
+                func.coalesce(func.sum(Probe.seconds), 0.0),
+                *_bucket_columns(Probe.seconds, probe_buckets),
+            )
         ).one()
         newest = session.execute(
             select(
@@ -331,19 +439,13 @@ def job_stats(session: Session, *, buckets: Sequence[float], newest_probes: int)
         newest_beat = session.execute(
             select(func.max(Job.heartbeat_at)).where(Job.status == JobStatus.RUNNING)
         ).scalar_one_or_none()
-    durations: dict[JobStatus, list[float]] = {s: [] for s in JobStatus if s in TERMINAL_STATUSES}
-    for status, started, ended in finished:
-        if started is not None and ended is not None:  # filtered in SQL; typed as optional
-            durations[status].append(max(0.0, (ended - started).total_seconds()))
     if newest_beat is not None and newest_beat.tzinfo is None:
         # func.max bypasses the column type on SQLite: the value comes back naive UTC.
         newest_beat = newest_beat.replace(tzinfo=UTC)
     return JobStats(
         counts=counts,
         durations=durations,
-        probe_count=int(probes[0]),
-        probe_seconds=float(probes[1]),
-        probe_buckets=[int(n) for n in probes[2:]],
+        probes=Histogram(int(probes[0]), float(probes[1]), [int(n) for n in probes[2:]]),
         throughput=[
             steps * batch / seconds
             for seconds, batch, steps in newest

@@ -5,6 +5,10 @@ Outbox: the delivery row is inserted by the same transaction that ends the job (
 due deliveries between jobs (`deliver_due`); each attempt is claimed by a guarded UPDATE (one
 sender per attempt on any database), recorded, and retried with exponential backoff until
 `webhook_max_attempts`. Delivery is at least once: receivers drop repeats by `webhook-id`.
+Each attempt has one overall deadline, `webhook_timeout_seconds`, from resolving the host to the
+response's status line and headers: a receiver that answers one byte at a time is cut off there
+(a per-read timeout alone never fires while bytes keep coming), so one pass of `deliver_due`
+takes at most `limit` deadlines.
 
 Signature (https://www.standardwebhooks.com): headers `webhook-id` (the delivery id, the same on
 every retry), `webhook-timestamp` (unix seconds of this attempt) and `webhook-signature` =
@@ -20,6 +24,7 @@ the connection (rebinding) cannot redirect it. Redirects are not followed.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -32,6 +37,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
+import anyio.to_thread
 import httpx
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -204,35 +211,66 @@ def _claim(session: Session, delivery_id: str, now: datetime, settings: Settings
     return int(result.rowcount) == 1  # type: ignore[attr-defined]
 
 
-def _post(
-    http: httpx.Client, url: str, headers: dict[str, str], body: bytes, settings: Settings
-) -> int:
-    """POST to url, connecting to the checked addresses in turn; the status code."""
+async def _post(url: str, headers: dict[str, str], body: bytes, settings: Settings) -> int:
+    """POST to url, connecting to the checked addresses in turn; the status code. Runs under the
+    attempt's deadline (`_attempt`): cancelled there, the client closes its connection."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    addresses = resolve_checked(host, port, allow_private=settings.webhook_allow_private)
+    # In a thread that is abandoned at the deadline: a resolver that hangs cannot hold it past.
+    addresses = await anyio.to_thread.run_sync(
+        functools.partial(
+            resolve_checked, host, port, allow_private=settings.webhook_allow_private
+        ),
+        abandon_on_cancel=True,
+    )
     headers = {**headers, "Host": parts.netloc.rpartition("@")[2]}
     # TLS: SNI and the certificate check use the URL's name, not the address connected to.
     extensions: dict[str, Any] = {"sni_hostname": host} if parts.scheme == "https" else {}
-    for i, address in enumerate(addresses):
-        literal = f"[{address}]" if ":" in address else address
-        target = urlunsplit(parts._replace(netloc=f"{literal}:{port}"))
-        try:
-            # stream: only the status is read, never a (possibly huge) response body.
-            with http.stream(
-                "POST", target, content=body, headers=headers, extensions=extensions
-            ) as response:
-                return response.status_code
-        except httpx.ConnectError:
-            if i == len(addresses) - 1:
-                raise
+    # httpx's own timeouts are per operation (a read waits at most this long for the next
+    # byte): a receiver that drips a byte at a time never trips them. They stay as a backstop;
+    # the deadline is the bound.
+    async with httpx.AsyncClient(
+        timeout=settings.webhook_timeout_seconds, follow_redirects=False
+    ) as http:
+        for i, address in enumerate(addresses):
+            literal = f"[{address}]" if ":" in address else address
+            target = urlunsplit(parts._replace(netloc=f"{literal}:{port}"))
+            try:
+                # stream: only the status is read, never a (possibly huge) response body.
+                async with http.stream(
+                    "POST", target, content=body, headers=headers, extensions=extensions
+                ) as response:
+                    return response.status_code
+            except httpx.ConnectError:
+                if i == len(addresses) - 1:
+                    raise
     raise RefusedAddress(f"{host} has no address")
 
 
-def send(
-    sessions: sessionmaker[Session], delivery: WebhookDelivery, settings: Settings, http: Any
-) -> str:
+class DeadlineExceeded(Exception):
+    """The attempt did not get a response head within webhook_timeout_seconds."""
+
+
+def _attempt(url: str, headers: dict[str, str], body: bytes, settings: Settings) -> int:
+    """One POST under one overall deadline (resolve + connect + send + the response head),
+    however the receiver paces its bytes. Cancellation at the deadline closes the connection.
+    Its own event loop: a few milliseconds per attempt, on the sender's thread."""
+
+    async def bounded() -> int:
+        try:
+            with anyio.fail_after(settings.webhook_timeout_seconds):
+                return await _post(url, headers, body, settings)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"no complete response within the {settings.webhook_timeout_seconds:g} s "
+                "delivery deadline (EDGETUNE_WEBHOOK_TIMEOUT_SECONDS)"
+            ) from exc
+
+    return anyio.run(bounded)
+
+
+def send(sessions: sessionmaker[Session], delivery: WebhookDelivery, settings: Settings) -> str:
     """One attempt at one claimed delivery; records it and returns the delivery's new status."""
     with sessions() as session:
         secret = auth.webhook_secret(session, tenant=delivery.tenant)
@@ -250,11 +288,13 @@ def send(
     error: str | None = None
     permanent = False
     try:
-        code = _post(http, delivery.url, headers, body, settings)
+        code = _attempt(delivery.url, headers, body, settings)
         if not 200 <= code < 300:
             error = f"HTTP {code}"
     except RefusedAddress as exc:
         error, permanent = f"refused: {exc}", True
+    except DeadlineExceeded as exc:
+        error = str(exc)  # a slow receiver: failed, retried with the usual backoff
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
     except Exception as exc:
@@ -313,11 +353,10 @@ def deliver_due(
         ).all()
         session.commit()
     tried = 0
-    with httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as http:
-        for delivery in due:
-            with sessions() as session:
-                if not _claim(session, delivery.id, now, settings):
-                    continue  # another worker took this attempt
-            send(sessions, delivery, settings, http)
-            tried += 1
+    for delivery in due:
+        with sessions() as session:
+            if not _claim(session, delivery.id, now, settings):
+                continue  # another worker took this attempt
+        send(sessions, delivery, settings)
+        tried += 1
     return tried

@@ -14,6 +14,7 @@ SERVER_PACKAGES = frozenset(
         "pydantic_settings",
         "rich",
         "prometheus_client",
+        "fastapi_offline",
     }
 )
 

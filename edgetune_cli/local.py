@@ -94,6 +94,9 @@ def local_service(
         log_config=log_config,
         log_level="warning" if quiet else None,
         http=ProblemHttpProtocol,
+        # ProblemHttpProtocol would take this from the settings anyway; said here so the
+        # server's own accounting (and its log line on refusal) agrees.
+        limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
     api = threading.Thread(target=server.run, name="edgetune-api", daemon=True)

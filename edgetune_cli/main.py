@@ -7,6 +7,7 @@
     edgetune recommend SPEC.yaml [--wait] [--json]
     edgetune jobs list|show ID|result ID|cancel ID|export
     edgetune plots JOB --out DIR           the job's four plots as PNG and SVG
+    edgetune data fetch NAME|--all      MNIST or Fashion-MNIST into the data root, checked
     edgetune reproduce [ARGS]           benchmarks/reproduce_paper.py (source checkout)
 
 `recommend`, `jobs` and `plots` talk to a running server over HTTP (--url, EDGETUNE_URL, default
@@ -26,7 +27,7 @@ from app.auth import AuthConfigError
 from app.db import DatabaseNotMigrated
 from edgetune.client import DEFAULT_URL
 from edgetune.schemas import JobStatus
-from edgetune_cli import local, remote
+from edgetune_cli import data, local, remote
 from edgetune_cli.output import CliError, fail
 
 
@@ -152,6 +153,32 @@ def _remote_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     plots.set_defaults(handler=remote.cmd_plots)
 
 
+def _data_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    data_parser = commands.add_parser("data", help="datasets: download MNIST or Fashion-MNIST")
+    data_commands = data_parser.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser(
+        "fetch",
+        help="download a dataset's four IDX files into the data root, checked against the "
+        "published SHA-256 (mirror: EDGETUNE_DATA_MIRROR); files already there are kept",
+    )
+    which = fetch.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        choices=sorted(data.PUBLISHED),
+        help="mnist or fashion-mnist",
+    )
+    which.add_argument("--all", action="store_true", help="both datasets")
+    fetch.add_argument(
+        "--into",
+        metavar="DIR",
+        help="the data root to write DIR/NAME/ in (default: the folder the worker reads, else "
+        "the first writable entry of EDGETUNE_DATA_ROOT)",
+    )
+    fetch.set_defaults(handler=data.cmd_data)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _local_commands(commands)
     _remote_commands(commands)
+    _data_commands(commands)
     reproduce = commands.add_parser(
         "reproduce",
         add_help=False,  # --help goes to the script

@@ -28,6 +28,31 @@ if answers "$URL/livez"; then
   exit 1
 fi
 
+# The spec's MNIST / Fashion-MNIST files: used from a data root that has them (EDGETUNE_DATA_ROOT,
+# default ../shared/datasets), else downloaded once, verified, by `edgetune data fetch`; on a
+# fresh clone with no data root that is .edgetune/datasets, exported for the server too.
+if ! "$PYTHON" -c 'import sys; from app.config import Settings; sys.exit(not Settings().data_roots)'; then
+  export EDGETUNE_DATA_ROOT="$PWD/${EDGETUNE_DATA_DIR:-.edgetune}/datasets"
+fi
+# Prints the dataset to fetch: an MNIST-style spec without dataset.path whose files are missing
+# (the worker reads <root>/<name> of the first data root that has that folder).
+missing_dataset() {
+  "$PYTHON" -c 'import sys, yaml
+from app.config import Settings
+from app.datasets import IDX_DATASETS, IDX_FILES
+dataset = (yaml.safe_load(open(sys.argv[1])) or {}).get("dataset") or {}
+name = dataset.get("name")
+if name in IDX_DATASETS and not dataset.get("path"):
+    found = [r / name for r in Settings().data_roots if (r / name).is_dir()]
+    if not found or not all((found[0] / f).is_file() for f in IDX_FILES):
+        print(name)' "$1"
+}
+MISSING="$(missing_dataset "$SPEC")"
+if [ -n "$MISSING" ]; then
+  echo "$MISSING is in no data root: fetching it (once)"
+  "$EDGETUNE" data fetch "$MISSING"
+fi
+
 echo "starting edgetune serve on $URL (log: $LOG)"
 "$EDGETUNE" serve >"$LOG" 2>&1 &
 SERVER=$!

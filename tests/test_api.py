@@ -8,6 +8,7 @@ end to end by the real worker on a small synthetic dataset.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import uuid
@@ -81,6 +82,13 @@ def test_health_openapi_and_docs(client: httpx.Client) -> None:
     assert "MLPSpec" in schemas and "hidden" in schemas["MLPSpec"]["properties"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Offline: the page loads nothing from elsewhere, and what it loads is served here.
+    assert "http://" not in docs.text and "https://" not in docs.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(a.startswith("/docs-assets/") for a in assets), assets
+    for asset in assets:
+        served = client.get(asset)
+        assert served.status_code == 200 and len(served.content) > 500, asset
 
 
 def test_openapi_documents_the_recommendation_as_typed_properties(client: httpx.Client) -> None:

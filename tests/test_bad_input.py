@@ -210,6 +210,33 @@ CASES = [
         "callback_url: Value error, must not contain control characters",
         id="nul-in-callback-url",
     ),
+    # F6: the memory a worker would need is estimated before anything is allocated.
+    pytest.param(
+        {
+            "json": spec(
+                dataset={
+                    "name": "synthetic",
+                    "synthetic_samples": 1_000_000,
+                    "synthetic_features": 65_536,
+                }
+            )
+        },
+        422,
+        "dataset.synthetic_samples: the data needs about 488 GiB in a worker",
+        id="data-over-the-memory-limit",
+    ),
+    pytest.param(
+        {
+            "json": spec(
+                model={"type": "cnn", "blocks": [{"channels": 4096}], "hidden": [8]},
+                dataset={"name": "npz", "path": "big.npz"},
+                optimizer={"batch_size": 65536},
+            )
+        },
+        422,
+        "optimizer.batch_size: the probes' activations need about",
+        id="activations-over-the-memory-limit",
+    ),
     pytest.param(
         {"json": spec(dataset={"name": "npz", "path": "s3://bucket/x.npz"})},
         422,

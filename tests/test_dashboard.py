@@ -195,6 +195,17 @@ def test_submit_watch_and_open_a_job_in_chromium(
         )
     assert not visible(driver, "#error")
 
+    # /docs renders in this browser with no network beyond the server (air-gapped clusters).
+    driver.get(url + "/docs")
+    wait_for(
+        driver,
+        lambda d: d.execute_script("return document.querySelectorAll('.opblock').length") >= 5,
+        "Swagger UI did not render the API's operations offline",
+        timeout=30,
+    )
+    driver.get(url + f"/jobs/{job_id}")
+    wait_for(driver, lambda d: visible(d, "#recommendation"), "the job page did not come back")
+
     # The whole job page, for docs/ (and for a person to look at).
     height = driver.execute_script("return document.documentElement.scrollHeight")
     metrics = {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False}

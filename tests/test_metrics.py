@@ -36,7 +36,10 @@ def value(samples: list[Sample], name: str, **labels: str) -> float:
 def test_metrics_after_a_real_job(db_settings: Settings, tmp_path: Path) -> None:
     from worker.main import run_worker  # torch: only the worker side imports it
 
-    settings = db_settings.model_copy(update={"data_root": str(tmp_path)})
+    # No cache: each scrape below must see the changes made just before it.
+    settings = db_settings.model_copy(
+        update={"data_root": str(tmp_path), "metrics_cache_seconds": 0}
+    )
     headers = api_key(settings)
     with (
         live_server(settings) as url,

@@ -6,7 +6,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import queue
@@ -204,6 +204,29 @@ def test_heartbeat_keeps_a_lease_alive_and_cancel_wins_over_requeue(session: Ses
     assert queue.requeue_stale(session, now=utcnow() + timedelta(seconds=120)) == 1
     fresh = queue.get_job(session, job.id)
     assert fresh is not None and fresh.status == "cancelled"
+
+
+def test_a_heartbeat_is_one_statement(engine: Engine, session: Session) -> None:
+    """Every running job's heartbeat thread beats about once a second (worker.main): renewing
+    the lease, writing progress and reading the cancel flag is one UPDATE ... RETURNING."""
+    job = _new(session)
+    _claim(session, "w1")
+    sent: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        sent.append(statement.split()[0].upper())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        beats = [queue.heartbeat(session, job.id, worker_id="w1", lease_seconds=LEASE)]
+        queue.request_cancel(session, job.id)
+        sent.clear()
+        beats.append(queue.heartbeat(session, job.id, worker_id="w1", lease_seconds=LEASE))
+        beats.append(queue.heartbeat(session, job.id, worker_id="w2", lease_seconds=LEASE))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert beats == ["ok", "cancel", "lost"]
+    assert sent == ["UPDATE", "UPDATE"]
 
 
 def test_store_probe_is_idempotent(session: Session) -> None:

@@ -38,7 +38,9 @@ def test_soak_smoke(pg_settings: Settings, tmp_path: Path) -> None:
     assert result["counts"]["recommendations"] == 6
     # Seven probes a job, each stored once.
     assert result["counts"]["probes"] == 6 * 7
-    assert result["checks"]["no_probe_rerun"]["probe_stores_logged"] == 6 * 7
+    # Every store is logged, except that kill -9 can land between a store's commit and its log
+    # line (the row is there, the killed worker's line is not).
+    assert 6 * 7 - 1 <= result["checks"]["no_probe_rerun"]["probe_stores_logged"] <= 6 * 7
 
     kill = result["events"]["kill"]
     resumed = result["checks"]["killed_job_resumed"]

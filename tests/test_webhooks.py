@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -258,3 +259,102 @@ def test_private_destinations_are_refused(
     assert row.status == "failed" and row.attempts == 1 and row.last_status_code is None
     assert row.last_error and "loopback" in row.last_error and "refused" in row.last_error
     assert receiver.received == []
+
+
+@dataclass
+class DripReceiver:
+    """A raw-socket receiver that reads the request, then drips its response one byte at a time
+    (F10: a per-read timeout never fires while bytes keep coming)."""
+
+    url: str
+    every: float
+    # Dripping stops after this long (the rest is sent at once), so the test without a deadline
+    # ends, late, instead of hanging.
+    give_up_after: float
+    closed_after: list[float] = field(default_factory=list)
+
+
+@pytest.fixture
+def drip_receiver() -> Iterator[DripReceiver]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    state = DripReceiver(
+        url=f"http://127.0.0.1:{listener.getsockname()[1]}/hook", every=0.2, give_up_after=15.0
+    )
+    stopping = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        started = time.monotonic()
+        response = b"HTTP/1.1 200 OK\r\n" + b"x-padding: " + b"." * 10_000 + b"\r\n"
+        response += b"content-length: 0\r\n\r\n"
+        try:
+            conn.recv(65536)  # the request (small: one read)
+            for i in range(len(response)):
+                if stopping.is_set() or time.monotonic() - started > state.give_up_after:
+                    conn.sendall(response[i:])
+                    break
+                conn.sendall(response[i : i + 1])
+                time.sleep(state.every)
+            conn.recv(1)  # until the client closes
+        except OSError:
+            pass  # the client closed the connection: what the deadline does
+        finally:
+            state.closed_after.append(time.monotonic() - started)
+            conn.close()
+
+    def serve() -> None:
+        while not stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield state
+    stopping.set()
+    thread.join(timeout=5)
+    listener.close()
+
+
+def test_a_dripping_receiver_is_cut_off_at_the_delivery_deadline(
+    db_settings: Settings, drip_receiver: DripReceiver
+) -> None:
+    """F10: each attempt has one overall deadline (connect + send + the response), not a timeout
+    per read; the attempt that hits it is recorded as failed and retried with backoff."""
+    deadline = 1.5
+    settings = db_settings.model_copy(
+        update={
+            "webhook_allow_private": True,
+            "webhook_timeout_seconds": deadline,
+            "webhook_backoff_seconds": 60,
+        }
+    )
+    engine = make_engine(settings)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        job, _ = queue.create_job(
+            session, spec={**SMALL_SPEC, "callback_url": drip_receiver.url}, tenant=TENANT
+        )
+        queue.request_cancel(session, job.id, TENANT)
+    started = time.monotonic()
+    assert webhooks.deliver_due(sessions, settings) == 1
+    took = time.monotonic() - started
+    engine.dispose()
+    assert took < deadline + 1.0, f"the attempt took {took:.1f} s; its deadline is {deadline} s"
+    [row] = deliveries(settings)
+    assert row.status == "pending" and row.attempts == 1  # failed, to be retried
+    assert row.last_status_code is None and "deadline" in (row.last_error or ""), row.last_error
+    [entry] = row.history
+    assert entry["status_code"] is None and entry["seconds"] < deadline + 1.0
+    wait = (row.next_attempt_at - webhooks.utcnow()).total_seconds()
+    assert 55 < wait <= 60  # the usual backoff: webhook_backoff_seconds after the first failure
+    # The receiver saw its connection closed at the deadline, not after its response.
+    for _ in range(50):
+        if drip_receiver.closed_after:
+            break
+        time.sleep(0.1)
+    assert drip_receiver.closed_after and drip_receiver.closed_after[0] < deadline + 1.0

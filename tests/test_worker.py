@@ -1,5 +1,6 @@
-"""The worker against real databases and real torch: runs, failures, cancel, and as separate
-processes on PostgreSQL: 4 workers × 40 jobs, kill -9 mid-job, SIGTERM."""
+"""The worker against real databases and real torch: runs, failures, cancel, leases that outlast
+a measurement interval or are taken over, slow webhook receivers, and as separate processes on
+PostgreSQL: 4 workers × 40 jobs, kill -9 mid-job, SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,26 +16,29 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import torch
-from sqlalchemy import func, make_url, select
+from sqlalchemy import func, make_url, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import queue, schemas
 from app.config import Settings
 from app.db import make_engine, session_factory
-from app.models import Job, Probe, Recommendation
+from app.models import Job, Probe, Recommendation, utcnow
 from app.schemas import ProbeOrder, RecommendationSpec
 from tests.db import admin_connect
 from worker import recommend
 from worker.data import load_dataset
 from worker.main import LeaseLost, failure, run_worker
 from worker.plan import plan_probes
-from worker.probe import ProbeResult
+from worker.probe import ProbeRecord, ProbeResult, _Population
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -324,6 +328,232 @@ def test_an_outage_longer_than_the_lease_leaves_the_job_to_the_reaper(
     assert run_worker(settings, once=True) == 0
     job = job_state(sessions, job_id)
     assert job.status == "succeeded" and job.attempts == 2, (job.status, job.attempts, job.error)
+    engine.dispose()
+
+
+# --- leases longer than training's silences; slow webhook receivers (F8, F10) ------------------
+
+
+@dataclass
+class Stall:
+    """One measurement made `seconds` longer (`stall_a_measurement`), in wall-clock time."""
+
+    seconds: float
+    began: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+    began_at: float = 0.0
+    ended_at: float = 0.0
+
+
+def stall_a_measurement(
+    monkeypatch: pytest.MonkeyPatch, seconds: float, *, finishing: bool = False
+) -> Stall:
+    """The first measurement after step 0 (with `finishing`: the first at a member's last step,
+    the one that hands finished probes to the worker) first computes for `seconds`: a measurement
+    interval longer than the lease, as F8's 3×128-channel CNN on Fashion-MNIST had (76–98 s
+    against a 60 s lease), in seconds instead of minutes. CPU work like training's, not a sleep."""
+    stall = Stall(seconds)
+    lock = threading.Lock()
+    measure = _Population.measure
+
+    def slow_measure(
+        pop: _Population, step: int, last_record: int, with_eval: bool
+    ) -> list[tuple[ProbeRecord, int | None]]:
+        due = step > 0 and (not finishing or any(pop.configs[m].steps == step for m in pop.members))
+        with lock:
+            now = due and not stall.began.is_set()
+            if now:
+                stall.began_at = time.time()
+                stall.began.set()
+        if now:
+            a = torch.rand(128, 128)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                a = torch.tanh(a @ a)
+            stall.ended_at = time.time()
+            stall.ended.set()
+        return measure(pop, step, last_record, with_eval)
+
+    monkeypatch.setattr(_Population, "measure", slow_measure)
+    return stall
+
+
+@contextmanager
+def worker_threads(settings: Settings, count: int) -> Iterator[threading.Event]:
+    """`count` workers polling in threads of this process until the block ends."""
+    stop = threading.Event()
+    threads = [
+        threading.Thread(
+            target=run_worker,
+            args=(settings,),
+            kwargs={"device": "cpu", "stop": stop, "worker_id": f"w{i}"},
+        )
+        for i in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+
+
+def test_a_measurement_interval_longer_than_the_lease_keeps_the_job(
+    db_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F8: the heartbeat thread renews the lease through a measurement interval of 8 s on a 3 s
+    lease, with a second worker polling (and reaping) every 0.1 s: nobody takes the job over,
+    and its first attempt finishes it. Before the fix the lease was only renewed at
+    measurements: the second worker reaped the job and ran it again."""
+    settings = db_settings.model_copy(update={"lease_seconds": 3.0, "poll_seconds": 0.1})
+    stall = stall_a_measurement(monkeypatch, 8.0)
+    engine = make_engine(settings)
+    sessions = session_factory(engine)
+    job_id = submit(sessions, TINY)
+    caplog.set_level(logging.INFO, logger="edgetune.worker")
+    beats: list[Any] = []
+    with worker_threads(settings, 2):
+        wait_for(stall.began.is_set, 60, "the long measurement interval", every=0.01)
+        while not stall.ended.is_set():
+            beats.append(job_state(sessions, job_id).heartbeat_at)
+            time.sleep(0.1)
+        wait_for(
+            lambda: job_state(sessions, job_id).status not in ("queued", "running"), 120, "the end"
+        )
+    job = job_state(sessions, job_id)
+    assert job.status == "succeeded" and job.attempts == 1, (job.status, job.attempts, job.error)
+    assert job.error is None
+    assert caplog.text.count("claimed (attempt") == 1 and "expired leases" not in caplog.text
+    renewals = sorted(set(beats))
+    gaps = [(b - a).total_seconds() for a, b in zip(renewals, renewals[1:], strict=False)]
+    # About one beat every lease/4 = 0.75 s all through the 8 s without a measurement.
+    assert len(renewals) >= 5 and max(gaps) < settings.lease_seconds / 2, gaps
+    engine.dispose()
+
+
+def take_over(sessions: sessionmaker[Session], job_id: str, worker_id: str) -> Job:
+    """Another worker takes the job over as if its lease had run out: expired and reaped in one
+    transaction (the loser's heartbeat cannot slip in between), then claimed."""
+    with sessions() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        assert queue.requeue_stale(session) == 1
+        claimed = queue.claim(session, worker_id=worker_id, lease_seconds=60)
+    assert claimed is not None and claimed.id == job_id
+    return claimed
+
+
+def test_a_worker_whose_lease_was_taken_over_stops_at_once_and_stores_nothing(
+    db_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F8: the loser's next beat finds the job owned by another worker, during a long
+    measurement interval; at the end of it the loser stores none of the probes it finished,
+    runs not one more step and writes nothing else. Before the fix it learned only at that
+    measurement, after storing them."""
+    settings = db_settings.model_copy(update={"lease_seconds": 30.0})
+    stall = stall_a_measurement(monkeypatch, 6.0, finishing=True)
+    engine = make_engine(settings)
+    sessions = session_factory(engine)
+    job_id = submit(sessions, TINY)
+    caplog.set_level(logging.INFO, logger="edgetune.worker")
+    worker = threading.Thread(
+        target=run_worker, args=(settings,), kwargs={"device": "cpu", "once": True}
+    )
+    worker.start()
+    try:
+        wait_for(stall.began.is_set, 60, "the long measurement interval", every=0.01)
+        with sessions() as session:
+            before = queue.stored_probes(session, job_id)
+        take_over(sessions, job_id, "thief")
+    finally:
+        worker.join(timeout=60)
+    assert not worker.is_alive()
+    stopped_at = time.time()
+    assert stall.ended.is_set()
+    with sessions() as session:
+        assert queue.stored_probes(session, job_id) == before  # nothing stored by the loser
+        assert queue.get_recommendation(session, job_id) is None
+    job = job_state(sessions, job_id)
+    assert (job.status, job.lease_owner, job.attempts) == ("running", "thief", 2)
+    lost = [r for r in caplog.records if r.getMessage().endswith("next measurement: lost")]
+    # Seen by a beat while training was still inside its long interval ...
+    assert lost and lost[0].created < stall.ended_at, caplog.text
+    # ... and acted on at the very next measurement: the worker is done right after it.
+    assert stopped_at - stall.ended_at < 3.0
+    assert "lease lost; another worker owns the job now" in caplog.text
+    engine.dispose()
+
+
+@dataclass
+class DrippingReceiver:
+    """A webhook receiver that reads the request, then answers one byte every 2 s (F10)."""
+
+    url: str = ""
+    requested: threading.Event = field(default_factory=threading.Event)
+    answered: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+@contextmanager
+def dripping_receiver() -> Iterator[DrippingReceiver]:
+    state = DrippingReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            state.requested.set()
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                if state.stop.wait(2.0):
+                    break
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            else:
+                state.answered.set()
+            self.close_connection = True
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        yield state
+    finally:
+        state.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_slow_webhook_receiver_does_not_delay_claiming(db_settings: Settings) -> None:
+    """F10: while a delivery to a receiver that drips one byte every 2 s is in flight, the next
+    queued job is claimed within a couple of poll intervals. Before the fix deliveries ran in the
+    claim loop, which waited for the whole delivery."""
+    settings = db_settings.model_copy(
+        update={"poll_seconds": 0.2, "webhook_allow_private": True, "webhook_timeout_seconds": 10}
+    )
+    engine = make_engine(settings)
+    sessions = session_factory(engine)
+    with worker_threads(settings, 1), dripping_receiver() as hook:
+        first = submit(sessions, {**TINY, "callback_url": hook.url})
+        wait_for(hook.requested.is_set, 60, "the first job's webhook", every=0.01)
+        assert job_state(sessions, first).status == "succeeded"
+        submitted = time.monotonic()
+        second = submit(sessions, TINY)
+        wait_for(
+            lambda: job_state(sessions, second).status != "queued", 30, "the claim", every=0.02
+        )
+        claimed_in = time.monotonic() - submitted
+        assert not hook.answered.is_set()  # the delivery is still in flight
+        assert claimed_in < 3 * settings.poll_seconds + 0.5, claimed_in
+        wait_for(lambda: job_state(sessions, second).status == "succeeded", 60, "the 2nd job")
     engine.dispose()
 
 

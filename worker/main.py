@@ -3,16 +3,25 @@
 `edgetune worker [--device cuda:0] [--once]` (or `python -m worker.main`), one per GPU, as many as
 you like on one database.
 A job's probes are stored as each finishes, so a job re-claimed after a crash resumes from them
-and never re-runs a finished probe. Training never holds a database transaction open: progress,
-heartbeat and cancel checks are one short commit at most about once a second, made from the probe
-engine's measurement callback. SIGTERM/SIGINT stop at the next measurement and give the job back
-to the queue (`release`); the worker then exits 0.
+and never re-runs a finished probe. Training never holds a database transaction open.
 
-The lease must outlast the longest gap between two measurements (seconds on CPU for small nets);
-a worker that stops reporting for lease_seconds is presumed dead and its job is requeued.
-Every write rides out a database outage shorter than that (`JobRun.write`: retried with backoff,
-given up only when the lease would have run out anyway). A job that raises fails at once with the
+The lease is renewed by a heartbeat thread per running job (`JobRun.beat_until_done`), not by
+training: one measurement interval can outlast any sensible lease (F8: 76–98 s between two
+measurements of a 3×128-channel CNN on Fashion-MNIST on a CPU, past the 60 s lease, so a healthy
+worker's job was reaped and stolen). Each beat is one guarded UPDATE that renews the lease, writes
+the progress the training side last set and reads the cancel flag, every min(1 s, lease/4): a
+cancel is seen within a second and a lease gets four beats before it can run out. The training
+side only reads what the beats found (`JobRun.report`, from the engine's measurement callback):
+a cancel, a lost lease (another worker owns the job now) or SIGTERM/SIGINT halts it at its very
+next measurement. A cancel ends the job cancelled, a stop gives it back to the queue (`release`;
+the worker then exits 0), a lost lease leaves it to its new owner without writing anything more.
+
+A worker that stops beating for lease_seconds is presumed dead and its job is requeued. Every
+write rides out a database outage shorter than that (`JobRun.write`: retried with backoff, given
+up only when the lease would have run out anyway). A job that raises fails at once with the
 message unless the error is one another attempt can fix (`failure`: the database or the lease).
+Webhooks are sent by a thread of their own (`deliver_webhooks`), so a slow receiver never delays
+claiming or running a job (F10).
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, TypeVar
@@ -42,7 +52,7 @@ from app.config import Settings
 from app.db import DatabaseNotMigrated, make_engine, prepare_database, session_factory
 from app.logs import configure_logging
 from app.models import Job
-from app.schemas import RecommendationSpec
+from app.schemas import Recommendation, RecommendationSpec
 from worker import recommend
 from worker.data import load_dataset
 from worker.law import OrderKind, effective_rate, order_kind, probe_order
@@ -53,9 +63,10 @@ logger = logging.getLogger("edgetune.worker")
 
 Phase = Literal["loading-data", "probing", "fitting", "verifying"]
 Halt = Literal["cancel", "lost", "stop"]
-# Progress (and with it the heartbeat and the cancel check) is written at most this often: live
-# enough for a progress bar and a prompt cancel, one tiny UPDATE per second per worker.
-PROGRESS_WRITE_SECONDS = 1.0
+# The heartbeat (lease, progress, cancel check) is written this often, or every lease/4 when
+# that is shorter: live enough for a progress bar and a prompt cancel, one tiny UPDATE per second
+# per running job.
+HEARTBEAT_SECONDS = 1.0
 # A write that finds the database unreachable is retried after 0.1 s, 0.2 s, ... at most 2 s apart:
 # a restart or failover of PostgreSQL takes seconds and drops every pooled connection.
 RETRY_FIRST_SECONDS = 0.1
@@ -112,9 +123,20 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def heartbeat_seconds(lease_seconds: float) -> float:
+    """Seconds between two beats: four beats per lease at least, one a second at most."""
+    return min(HEARTBEAT_SECONDS, lease_seconds / 4)
+
+
 @dataclass
 class JobRun:
-    """One attempt at one job: its progress, its halt reason, its database writes."""
+    """One attempt at one job: its progress, its halt reason, its database writes.
+
+    Two threads share it: the training side (`run`, the engine's callbacks) sets the progress
+    fields and reads `halt`; the heartbeat thread (`beat_until_done`) writes that progress and
+    sets `halt`. Plain attribute reads and writes, atomic under the GIL; `_halt_lock` orders the
+    two writers of `halt`.
+    """
 
     settings: Settings
     sessions: sessionmaker[Session]
@@ -129,11 +151,14 @@ class JobRun:
     fraction: float = 0.0
     started: float = field(default_factory=time.monotonic)
     start_fraction: float = 0.0
-    last_write: float = 0.0
     halt: Halt | None = None
     # time.monotonic() when the lease was last set (claim or heartbeat), taken before the write:
     # the lease runs to at least leased_at + lease_seconds.
     leased_at: float = field(default_factory=time.monotonic)
+    # Set to beat at once (a milestone), and when the heartbeats are to end (`done`).
+    wake: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    _halt_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def progress(self) -> dict[str, Any]:
         done = self.fraction - self.start_fraction
@@ -148,16 +173,27 @@ class JobRun:
         }
 
     def report(self, *, force: bool = False) -> bool:
-        """Write progress + heartbeat when due; False when the job must stop (and why in halt)."""
+        """The training side's check, at every measurement: False when the job must stop (why
+        in halt). Writes nothing itself; `force` (a milestone) has the next beat written now."""
+        if self.halt is None and self.stop.is_set():
+            self.halt_with("stop")
         if self.halt is not None:
             return False
-        if self.stop.is_set():
-            self.halt = "stop"
-            return False
-        now = time.monotonic()
-        if not force and now - self.last_write < PROGRESS_WRITE_SECONDS:
-            return True
-        self.last_write = now
+        if force:
+            self.wake.set()
+        return True
+
+    def halt_with(self, reason: Halt) -> None:
+        """Record why the job must stop: the first reason wins, except that a lost lease
+        overrides the others (the job is not ours to cancel or release any more)."""
+        with self._halt_lock:
+            if self.halt is None or (reason == "lost" and self.halt != "lost"):
+                self.halt = reason
+                self.log.info("stopping at the next measurement: %s", reason)
+
+    def beat(self) -> bool:
+        """One heartbeat: renew the lease, write the progress, read the cancel flag. False when
+        the lease is lost, and with it any reason to beat again."""
         try:
             state = self.write(
                 lambda session: queue.heartbeat(
@@ -173,10 +209,35 @@ class JobRun:
             self.log.warning("%s", exc)
             state = "lost"
         if state != "ok":
-            self.halt = state
-            self.log.info("stopping at this measurement: %s", state)
-            return False
-        return True
+            self.halt_with(state)
+        return state != "lost"
+
+    def beat_until_done(self) -> None:
+        """The heartbeat thread: beat at once, then every heartbeat_seconds until `done`."""
+        every = heartbeat_seconds(self.settings.lease_seconds)
+        try:
+            while not self.done.is_set() and self.beat():
+                self.wake.wait(every)
+                self.wake.clear()
+        except Exception:
+            # Nothing renews the lease any more: halt rather than train on for a job that
+            # another worker will soon take over.
+            self.log.exception("the heartbeat failed")
+            self.halt_with("lost")
+
+    @contextmanager
+    def heartbeats(self) -> Iterator[None]:
+        """The heartbeat thread for the block; stopped (after its beat in flight) when it ends."""
+        thread = threading.Thread(
+            target=self.beat_until_done, name=f"heartbeat-{self.job.id[:8]}", daemon=True
+        )
+        thread.start()
+        try:
+            yield
+        finally:
+            self.done.set()
+            self.wake.set()
+            thread.join()
 
     def write(self, statement: Callable[[Session], T], *, renews_lease: bool = False) -> T:
         """Run one short transaction, retried with backoff while the database is unreachable.
@@ -218,7 +279,7 @@ class JobRun:
         return self.report(force=True)
 
     def on_progress(self, progress: recommend.Progress) -> bool:
-        """The engine's progress: written when due (at once at a milestone); False halts it."""
+        """The engine's progress, for the next beat (at once at a milestone); False halts it."""
         if self.phase == "loading-data":
             # The ETA extrapolates this attempt's pace from here: stored probes came for free.
             self.started, self.start_fraction = time.monotonic(), progress.fraction
@@ -237,8 +298,9 @@ class JobRun:
         )
 
     def store(self, kind: OrderKind, probe: PlannedProbe, result: ProbeResult) -> None:
-        """Store a finished probe at once, with the order-parameter series the fits read."""
-        if probe.key in self.stored_keys or result.outcome == "cancelled":
+        """Store a finished probe at once, with the order-parameter series the fits read; not
+        once the lease is lost (the job's new owner stores its own)."""
+        if probe.key in self.stored_keys or result.outcome == "cancelled" or self.halt == "lost":
             return
         data = result.to_dict()
         config = result.config
@@ -265,10 +327,17 @@ class JobRun:
         )
 
     def run(self) -> None:
-        """Run the job to an end state or a halt; errors propagate to `finish_with_error`."""
+        """Run the job to an end state or a halt, heartbeating throughout; errors propagate to
+        `finish_with_error` (called once the heartbeats have ended)."""
+        with self.heartbeats():
+            recommendation = self.train()
+        self.finish(recommendation)
+
+    def train(self) -> Recommendation | None:
+        """The recommendation, or None when halted."""
         spec = RecommendationSpec.model_validate(self.job.spec)
         if not self.set_phase("loading-data"):
-            return self.finish_halted()
+            return None
         dataset = load_dataset(spec.dataset, self.settings.data_roots, spec.seed).to(self.device)
         stored = self.write(lambda session: queue.stored_probes(session, self.job.id))
         done = {key: ProbeResult.from_dict(row["result"]) for key, row in stored.items()}
@@ -282,12 +351,21 @@ class JobRun:
             on_probe=partial(self.store, order_kind(spec)),
             on_progress=self.on_progress,
         )
+        return recommendation
+
+    def finish(self, recommendation: Recommendation | None) -> None:
+        """Store the recommendation (complete() is guarded: never after the lease was lost)."""
         if recommendation is None or self.halt is not None:
             return self.finish_halted()
         result = recommendation.model_dump(mode="json")
         finished = self.write(
             lambda session: queue.complete(
-                session, self.job.id, worker_id=self.worker_id, result=result
+                session,
+                self.job.id,
+                worker_id=self.worker_id,
+                result=result,
+                # The heartbeats have ended: the last one may predate the last probe stored.
+                progress=self.progress(),
             )
         )
         self.log.info(
@@ -341,6 +419,42 @@ def run_one(
             log.exception("could not record the failure")
 
 
+def deliver_webhooks(
+    sessions: sessionmaker[Session], settings: Settings, stop: threading.Event
+) -> None:
+    """The webhook thread: send the due deliveries every poll_seconds until `stop`.
+
+    Its own thread (F10): a receiver that answers slowly (one byte every 2 s) holds this thread
+    for up to its delivery deadline (app.webhooks), never the claim loop. Errors are logged and
+    the deliveries stay pending for the next pass; nothing here stops the worker.
+    """
+    while not stop.is_set():
+        try:
+            webhooks.deliver_due(sessions, settings)
+        except Exception:
+            logger.exception("could not send webhooks this round")
+        stop.wait(settings.poll_seconds)
+
+
+@contextmanager
+def webhook_thread(sessions: sessionmaker[Session], settings: Settings) -> Iterator[None]:
+    """`deliver_webhooks` in a thread for the block. When it ends, the delivery in flight gets
+    webhook_timeout_seconds to finish; one still running then is left behind (a daemon thread)
+    and sent again once its claim lapses (deliveries are at least once)."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=deliver_webhooks, args=(sessions, settings, stop), name="webhooks", daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=settings.webhook_timeout_seconds)
+        if thread.is_alive():
+            logger.warning("stopping with a webhook delivery still in flight; it will be retried")
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -364,45 +478,59 @@ def run_worker(
             device_name(torch_device),
             engine.url.database,
         )
-        while not stop.is_set():
-            claimed_at = time.monotonic()
-            try:
-                with sessions() as session:
-                    requeued = queue.requeue_stale(session)
-                    if requeued:
-                        logger.info("requeued %d jobs with expired leases", requeued)
-                    job = queue.claim(
-                        session, worker_id=worker_id, lease_seconds=settings.lease_seconds
-                    )
-            except OperationalError as exc:
-                # A database restart or a network blip: keep polling rather than die.
-                logger.warning("database unavailable, retrying: %s", exc.orig)
-                stop.wait(settings.poll_seconds)
-                continue
-            if job is not None:
-                run_one(
-                    settings,
-                    sessions,
-                    job,
-                    worker_id=worker_id,
-                    device=torch_device,
-                    stop=stop,
-                    claimed_at=claimed_at,
-                )
-            # Between jobs: send the webhooks that are due (those of the job just ended, too).
+        with webhook_thread(sessions, settings):
+            claim_loop(settings, sessions, worker_id, torch_device, stop, once=once)
+        if once:
+            # `--once` ends when its job is done, webhook included: a last pass, in this thread.
             try:
                 webhooks.deliver_due(sessions, settings)
             except Exception:
-                # Webhooks never stop the worker; the deliveries stay pending for the next round.
-                logger.exception("could not send webhooks this round")
-            if once:
-                break
-            if job is None:
-                stop.wait(settings.poll_seconds)
+                logger.exception("could not send webhooks")
     finally:
         engine.dispose()
     logger.info("worker %s stopped", worker_id)
     return 0
+
+
+def claim_loop(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    worker_id: str,
+    device: torch.device,
+    stop: threading.Event,
+    *,
+    once: bool,
+) -> None:
+    """Reap, claim, run, until `stop` (or after one poll with `once`)."""
+    while not stop.is_set():
+        claimed_at = time.monotonic()
+        try:
+            with sessions() as session:
+                requeued = queue.requeue_stale(session)
+                if requeued:
+                    logger.info("requeued %d jobs with expired leases", requeued)
+                job = queue.claim(
+                    session, worker_id=worker_id, lease_seconds=settings.lease_seconds
+                )
+        except OperationalError as exc:
+            # A database restart or a network blip: keep polling rather than die.
+            logger.warning("database unavailable, retrying: %s", exc.orig)
+            stop.wait(settings.poll_seconds)
+            continue
+        if job is not None:
+            run_one(
+                settings,
+                sessions,
+                job,
+                worker_id=worker_id,
+                device=device,
+                stop=stop,
+                claimed_at=claimed_at,
+            )
+        if once:
+            break
+        if job is None:
+            stop.wait(settings.poll_seconds)
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
