@@ -16,6 +16,40 @@ PROBLEM_BASE = "/problems/"
 DATABASE_RETRY_AFTER_SECONDS = 5
 
 
+# Every problem type the API sends, with what it means: GET /problems/{type} serves these, so a
+# type URI in a response resolves to its explanation (tests/test_api.py checks none is missing).
+PROBLEM_TYPES: dict[str, str] = {
+    "validation-failed": "The request's fields are invalid; `errors` names each field and why.",
+    "spec-rejected": "The spec is valid but too big for this server's limits, or could not run "
+    "(data missing, a model that cannot be built on this data); `errors` names the field.",
+    "invalid-body": "The body is not valid JSON or YAML, or repeats a key.",
+    "empty-body": "The request needs a body (the spec, as JSON or YAML).",
+    "unsupported-media-type": "Send the spec as application/json or application/yaml.",
+    "body-too-large": "The body is over this server's size limit (EDGETUNE_MAX_BODY_BYTES).",
+    "headers-too-large": "The request head is over EDGETUNE_MAX_HEADER_BYTES.",
+    "request-timeout": "The request head did not arrive within EDGETUNE_HEADER_TIMEOUT_SECONDS.",
+    "invalid-http": "The request is not valid HTTP (e.g. a malformed Content-Length).",
+    "invalid-header": "A header's value is not valid.",
+    "unauthorized": "Send a valid, unrevoked API key in the X-API-Key header.",
+    "job-not-found": "There is no such job for this API key's tenant.",
+    "job-finished": "The job has already ended; it cannot be cancelled.",
+    "recommendation-not-ready": "The job has not succeeded (yet): poll GET /v1/jobs/{id}.",
+    "recommendation-lost": "The job succeeded but its stored result is missing.",
+    "plot-not-found": "Plots are order, collapse, growth and trajectory (PNG or SVG).",
+    "plot-not-ready": "The job has not produced the data this plot needs yet.",
+    "invalid-format": "Plot formats are png and svg, given once.",
+    "invalid-page-token": "page_token must be a next_page_token this server returned.",
+    "idempotency-key-reused": "This Idempotency-Key was used with a different body.",
+    "callback-url-refused": "The callback_url points at a private, loopback or link-local "
+    "address (EDGETUNE_WEBHOOK_ALLOW_PRIVATE lifts this).",
+    "database-unavailable": "The database is unreachable for a moment: retry after Retry-After.",
+    "not-found": "There is no resource at this path.",
+    "method-not-allowed": "This path does not take this method; the Allow header lists those it "
+    "takes.",
+    "internal-error": "An unexpected error; the server's log has the details.",
+}
+
+
 class ProblemError(Exception):
     """An error the client can act on: HTTP status, short title, specific detail.
 

@@ -94,7 +94,8 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         allowed = (exc.headers or {}).get("allow", (exc.headers or {}).get("Allow", ""))
         detail, kind = f"{where} is not allowed; allowed: {allowed}", "method-not-allowed"
     else:
-        detail, kind = f"{where}: {exc.detail}", title.lower().replace(" ", "-")
+        # No semantics beyond the status code (RFC 9457 §4.2.1).
+        detail, kind = f"{where}: {exc.detail}", "about:blank"
     return problem_response(
         ProblemError(exc.status_code, title, detail, kind, headers=dict(exc.headers or {}))
     )
@@ -469,6 +470,12 @@ def create_app(settings: Settings) -> FastAPI:
                             "description": "Missing, invalid or revoked X-API-Key",
                             "content": {PROBLEM_MEDIA_TYPE: {"schema": problem_ref}},
                         }
+                    # Errors are problem documents, FastAPI's own 422 included.
+                    for status, answer in operation.get("responses", {}).items():
+                        if status[0] in "45":
+                            answer["content"] = {PROBLEM_MEDIA_TYPE: {"schema": problem_ref}}
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
             app.openapi_schema = schema
         return app.openapi_schema
 

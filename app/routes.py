@@ -10,12 +10,13 @@ from typing import Annotated
 
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 from app import plots, service
 from app.deps import CallerDep, DatabaseDep, SettingsDep, SpecDep, TenantDep
-from app.errors import PROBLEM_MEDIA_TYPE, ProblemError
+from app.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPES, ProblemError
 from app.schemas import (
+    TERMINAL_STATUSES,
     Health,
     JobOut,
     JobPage,
@@ -27,6 +28,10 @@ from app.schemas import (
 
 # Seconds a client should wait before polling a job (the worker reports progress about as often).
 RETRY_AFTER_SECONDS = 2
+RETRY_AFTER = {
+    "description": "Seconds to wait before polling the job again",
+    "schema": {"type": "integer"},
+}
 
 PROBLEM = {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
 # The body is parsed by app.deps.get_spec (to support YAML, 415 and exact size limits), so its
@@ -51,6 +56,13 @@ router = APIRouter()
     openapi_extra=SPEC_BODY,
     responses={
         200: {"description": "Idempotent replay: the job this Idempotency-Key created"},
+        202: {
+            "description": "Queued: poll the job at Location",
+            "headers": {
+                "Location": {"description": "The job's URL", "schema": {"type": "string"}},
+                "Retry-After": RETRY_AFTER,
+            },
+        },
         400: PROBLEM,
         409: PROBLEM,
         413: PROBLEM,
@@ -96,9 +108,21 @@ async def list_jobs(
     )
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobOut, responses={404: PROBLEM}, tags=["jobs"])
-async def get_job(job_id: str, db: DatabaseDep, caller: CallerDep) -> JobOut:
-    return await db.run_as(caller, service.get_job, job_id=job_id)
+@router.get(
+    "/v1/jobs/{job_id}",
+    response_model=JobOut,
+    responses={
+        200: {"description": "The job", "headers": {"Retry-After": RETRY_AFTER}},
+        404: PROBLEM,
+    },
+    tags=["jobs"],
+)
+async def get_job(job_id: str, db: DatabaseDep, caller: CallerDep, response: Response) -> JobOut:
+    """The job's status and progress; while it has not ended, Retry-After says when to poll."""
+    job = await db.run_as(caller, service.get_job, job_id=job_id)
+    if job.status not in TERMINAL_STATUSES:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return job
 
 
 @router.post(
@@ -164,6 +188,21 @@ async def get_plot(
     return Response(
         body, media_type=plots.MEDIA_TYPES[chosen], headers={"Cache-Control": "no-cache"}
     )
+
+
+@router.get("/problems/{kind}", include_in_schema=False, response_class=HTMLResponse)
+async def problem_type(kind: str) -> HTMLResponse:
+    """What a problem `type` URI means: each error response's type resolves here."""
+    meaning = PROBLEM_TYPES.get(kind)
+    if meaning is None:
+        raise ProblemError(404, "Unknown problem type", f"no problem type {kind!r}", "not-found")
+    page = (
+        f"<!doctype html><title>edgetune problem: {kind}</title><h1>{kind}</h1><p>{meaning}</p>"
+        "<p>Every error of the edgetune API is an RFC 9457 problem (application/problem+json): "
+        "its <code>title</code> and <code>detail</code> say what happened to this request. "
+        'The API is documented at <a href="/docs">/docs</a>.</p>'
+    )
+    return HTMLResponse(page)
 
 
 # The dashboard: one static page (app/static) that reads the API from the browser. It needs no

@@ -758,7 +758,9 @@ def strict_json(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # `edgetune reproduce` runs this script: its usage then names the command the user typed.
+    prog = os.environ.get("EDGETUNE_REPRODUCE_PROG") or None
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     cuda = torch.cuda.is_available()
     parser.add_argument("--mode", choices=sorted(MODES), default="gpu" if cuda else "cpu")
     parser.add_argument("--device", default=None, help="default: cuda in gpu mode, else cpu")
@@ -781,7 +783,12 @@ def main(argv: list[str] | None = None) -> int:
         default=TRANSIENT_EPOCHS,
         help="epochs left out at the start of each J² slope fit (science.md: the transient)",
     )
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "benchmarks" / "results",
+        help="folder for the result JSON and the plots (default: benchmarks/results)",
+    )
     args = parser.parse_args(argv)
 
     mode = MODES[args.mode]

@@ -18,6 +18,7 @@ EDGETUNE_* variables (see app/config.py).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -52,7 +53,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             "checkout (git clone the repository, then `pip install -e '.[worker,benchmarks]'`)"
         )
     try:
-        return subprocess.run([sys.executable, str(script), *args.script_args]).returncode
+        env = {**os.environ, "EDGETUNE_REPRODUCE_PROG": "edgetune reproduce"}
+        command = [sys.executable, str(script), *args.script_args]
+        return subprocess.run(command, env=env).returncode
     except KeyboardInterrupt:
         return 130
 

@@ -431,3 +431,61 @@ def test_database_loss_is_503_with_retry_after_and_no_traceback(
             body = assert_problem(response, 503, detail="the database does not answer")
             assert int(response.headers["Retry-After"]) > 0
             assert "psycopg" not in str(body) and "sqlalchemy" not in str(body).lower()
+
+
+def _problem_kinds_in_code() -> set[str]:
+    """Every problem type slug app/ passes as a literal (ProblemError, _field_problem)."""
+    import ast
+
+    kinds: set[str] = set()
+    for path in (Path(__file__).resolve().parents[1] / "app").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name not in ("ProblemError", "_field_problem"):
+                continue
+            values = [k.value for k in node.keywords if k.arg == "type"]
+            values += node.args[3:4]
+            kinds |= {v.value for v in values if isinstance(v, ast.Constant)}
+    return kinds - {"about:blank"}
+
+
+def test_every_problem_type_uri_resolves_to_its_meaning(client: httpx.Client) -> None:
+    from app.errors import PROBLEM_TYPES
+
+    used = _problem_kinds_in_code()
+    assert used and used <= set(PROBLEM_TYPES), used - set(PROBLEM_TYPES)
+    missing = client.get(f"/v1/jobs/{uuid.uuid4().hex}")
+    kind = missing.json()["type"]
+    assert kind == "/problems/job-not-found"
+    page = client.get(kind)  # a relative reference: it resolves against the API's base URL
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert PROBLEM_TYPES["job-not-found"] in page.text
+    assert client.get("/problems/no-such-type").status_code == 404
+
+
+def test_openapi_documents_the_202_headers_and_problem_media(client: httpx.Client) -> None:
+    openapi = client.get("/openapi.json").json()
+    post = openapi["paths"]["/v1/recommendations"]["post"]["responses"]
+    assert {"Location", "Retry-After"} <= set(post["202"]["headers"])
+    get = openapi["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]
+    assert "Retry-After" in get["200"]["headers"]
+    for path, operations in openapi["paths"].items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                if status[0] in "45":
+                    assert list(answer["content"]) == ["application/problem+json"], (
+                        path,
+                        method,
+                        status,
+                    )
+
+
+def test_a_job_that_has_not_ended_says_when_to_poll_again(client: httpx.Client) -> None:
+    job = submit(client, {**SMALL_SPEC, "seed": 4242}).json()
+    polled = client.get(f"/v1/jobs/{job['id']}")
+    assert polled.json()["status"] == "queued" and int(polled.headers["retry-after"]) >= 1
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    ended = client.get(f"/v1/jobs/{job['id']}")
+    assert ended.json()["status"] == "cancelled" and "retry-after" not in ended.headers
