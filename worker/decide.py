@@ -11,8 +11,8 @@ Values in, values out: no torch training, no database.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -304,15 +304,15 @@ def _range_flags(
     warnings: list[str],
 ) -> None:
     """Flags (and warnings) for a recommendation outside what the probes measured."""
-    probed_eff = [_rate(g.probe.config) for g in usable]
+    low, high = _bracket(usable)
     run_eff = effective_rate(choice.learning_rate, choice.momentum, choice.batch_size)
-    # The probed bracket itself (up to rounding): the law is only interpolated, never extended.
-    low, high = min(probed_eff) * (1 - 1e-9), max(probed_eff) * (1 + 1e-9)
-    flags["extrapolated"] = not low <= run_eff <= high
-    if flags["extrapolated"]:
+    # A free learning rate was already brought inside (_within_probes); a fixed one may not be.
+    outside = not low * (1 - 1e-9) <= run_eff <= high * (1 + 1e-9)
+    flags["extrapolated"] = flags.get("extrapolated", False) or outside
+    if outside:
         warnings.append(
             f"the recommended η/((1−α)B) = {run_eff:.3g} lies outside the probed "
-            f"range [{min(probed_eff):.3g}, {max(probed_eff):.3g}]"
+            f"range [{low:.3g}, {high:.3g}]"
         )
     probe_epochs = max(p.epochs for p in plan)
     flags["short_probes"] = probe_epochs < 1.0
@@ -326,6 +326,43 @@ def _range_flags(
     flags["outside_validated_regime"] = regime is not None
     if regime:
         warnings.append(regime)
+
+
+def _bracket(usable: list[MeasuredGrowth]) -> tuple[float, float]:
+    """The effective rates η/((1−α)B) the usable growth probes measured: lowest, highest."""
+    rates = [_rate(g.probe.config) for g in usable]
+    return min(rates), max(rates)
+
+
+def _within_probes(
+    spec: RecommendationSpec,
+    choice: Choice,
+    usable: list[MeasuredGrowth],
+    law: Callable[[float, float, float], float],
+    flags: dict[str, bool],
+    warnings: list[str],
+) -> Choice:
+    """A free learning rate the law puts outside the probed bracket is brought back to its
+    nearest edge: the best-supported configuration the probes measured, never an extrapolation
+    (flagged `extrapolated`, so never ok)."""
+    low, high = _bracket(usable)
+    run = effective_rate(choice.learning_rate, choice.momentum, choice.batch_size)
+    if spec.optimizer.learning_rate is not None or low * (1 - 1e-9) <= run <= high * (1 + 1e-9):
+        return choice
+    bound = low if run < low else high
+    eta = bound * (1 - choice.momentum) * choice.batch_size
+    flags["extrapolated"] = True
+    warnings.append(
+        f"the growth law asked for η = {choice.learning_rate:.3g} (η/((1−α)B) = {run:.3g}), "
+        f"outside what the probes measured [{low:.3g}, {high:.3g}]; recommending the nearest "
+        f"measured rate, η = {eta:.3g}, instead of extrapolating"
+    )
+    return replace(
+        choice,
+        learning_rate=eta,
+        growth=law(eta, choice.momentum, choice.batch_size),
+        decay_rate=choice.decay_rate * eta / choice.learning_rate,  # D ∝ η as well
+    )
 
 
 def _hyperparameters(choice: Choice) -> Hyperparameters:
@@ -527,6 +564,7 @@ def decide(
         growth_law=growth_law,
     )
     warnings.extend(choice.warnings)
+    choice = _within_probes(spec, choice, usable, growth_law, flags, warnings)
     t_edge = edge_epoch(choice, y0)
     flags["edge_unreachable"] = t_edge is None or t_edge > choice.epochs * 1.05
     _range_flags(spec, plan, usable, choice, flags, warnings)
