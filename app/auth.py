@@ -143,9 +143,19 @@ def list_keys(session: Session, *, tenant: str | None = None) -> list[ApiKey]:
 def revoke_key(session: Session, prefix_or_id: str) -> ApiKey:
     """Revoke the one key whose id or shown prefix is `prefix_or_id`; ValueError when none or
     several match. Revoking a revoked key keeps its first revocation time."""
+    # As shown by `keys list`: "et_AbCdEfGh1…", maybe cut short by a narrow terminal.
+    wanted = prefix_or_id.strip().rstrip("…")
     matches = session.scalars(
-        select(ApiKey).where(or_(ApiKey.id == prefix_or_id, ApiKey.prefix == prefix_or_id))
+        select(ApiKey).where(or_(ApiKey.id == wanted, ApiKey.prefix == wanted))
     ).all()
+    if not matches and len(wanted) >= 6:
+        escaped = wanted.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        starts = f"{escaped}%"
+        matches = session.scalars(
+            select(ApiKey).where(
+                or_(ApiKey.id.like(starts, escape="\\"), ApiKey.prefix.like(starts, escape="\\"))
+            )
+        ).all()
     if len(matches) != 1:
         session.commit()
         what = "no key" if not matches else f"{len(matches)} keys"

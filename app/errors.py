@@ -32,6 +32,7 @@ PROBLEM_TYPES: dict[str, str] = {
     "invalid-header": "A header's value is not valid.",
     "unauthorized": "Send a valid, unrevoked API key in the X-API-Key header.",
     "job-not-found": "There is no such job for this API key's tenant.",
+    "ambiguous-job-id": "Several jobs start with the id given: give more of it.",
     "job-finished": "The job has already ended; it cannot be cancelled.",
     "recommendation-not-ready": "The job has not succeeded (yet): poll GET /v1/jobs/{id}.",
     "recommendation-lost": "The job succeeded but its stored result is missing.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +54,8 @@ from app.schemas import (
     RecommendationSpec,
 )
 
+# A unique start of a job id is as good as the id (at least 6 hex digits: 16 million values).
+JOB_ID_PREFIX = re.compile(r"[0-9a-f]{6,31}")
 # Printable ASCII without spaces, as the idempotency-key draft's examples; bounded by the column.
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -85,12 +88,33 @@ def _not_found(job_id: str) -> ProblemError:
 
 
 def _owned_job(session: Session, job_id: str, tenant: str) -> Job:
-    """The tenant's job `job_id`, or the 404 problem. Every job id from a URL comes in here: one
-    that cannot be a job id is not looked up (PostgreSQL refuses a NUL byte in a parameter)."""
-    job = queue.get_job(session, job_id, tenant) if JOB_ID_PATTERN.fullmatch(job_id) else None
+    """The tenant's job `job_id` (or the one job whose id starts with it, as the CLI shows ids
+    cut to fit), or the 404 problem. Every job id from a URL comes in here: one that cannot be a
+    job id is not looked up (PostgreSQL refuses a NUL byte in a parameter)."""
+    if JOB_ID_PATTERN.fullmatch(job_id):
+        job = queue.get_job(session, job_id, tenant)
+    elif JOB_ID_PREFIX.fullmatch(job_id):
+        job = _job_by_prefix(session, job_id, tenant)
+    else:
+        job = None
     if job is None:
         raise _not_found(job_id)
     return job
+
+
+def _job_by_prefix(session: Session, prefix: str, tenant: str) -> Job | None:
+    # Hex digits only, so no LIKE wildcard can be in the pattern.
+    jobs = session.scalars(
+        select(Job).where(Job.tenant == tenant, Job.id.like(f"{prefix}%")).limit(2)
+    ).all()
+    if len(jobs) > 1:
+        raise ProblemError(
+            409,
+            "Ambiguous job id",
+            f"several jobs start with {prefix!r}: give more of the id",
+            "ambiguous-job-id",
+        )
+    return jobs[0] if jobs else None
 
 
 def _field_problem(status: int, field: str, message: str, kind: str) -> ProblemError:
@@ -219,7 +243,8 @@ def list_jobs(
 
 def cancel_job(session: Session, *, job_id: str, tenant: str) -> JobOut:
     """queued → cancelled now; running → cancel requested (stops at its next interval)."""
-    status = _owned_job(session, job_id, tenant).status
+    owned = _owned_job(session, job_id, tenant)
+    job_id, status = owned.id, owned.status  # the full id, when a unique prefix was given
     if status in TERMINAL_STATUSES:
         raise _already_finished(job_id, status)
     job = queue.request_cancel(session, job_id, tenant)
@@ -242,6 +267,7 @@ def _already_finished(job_id: str, status: str) -> ProblemError:
 
 def get_recommendation(session: Session, *, job_id: str, tenant: str) -> Recommendation:
     job = _owned_job(session, job_id, tenant)
+    job_id = job.id  # the full id, when a unique prefix was given
     if job.status != JobStatus.SUCCEEDED:
         detail = f"job {job_id} is {job.status}"
         if job.status not in TERMINAL_STATUSES:
@@ -261,7 +287,7 @@ def get_recommendation(session: Session, *, job_id: str, tenant: str) -> Recomme
 
 
 def get_probes(session: Session, *, job_id: str, tenant: str) -> ProbeList:
-    _owned_job(session, job_id, tenant)
+    job_id = _owned_job(session, job_id, tenant).id  # the full id, for a unique prefix too
     with transaction(session):
         rows = session.scalars(
             select(Probe).where(Probe.job_id == job_id).order_by(Probe.created_at, Probe.id)
@@ -292,7 +318,7 @@ def plot_data(session: Session, *, job_id: str, tenant: str) -> PlotData:
     job = get_job(session, job_id=job_id, tenant=tenant)
     probes = get_probes(session, job_id=job_id, tenant=tenant).probes
     stored = (
-        queue.get_recommendation(session, job_id) if job.status == JobStatus.SUCCEEDED else None
+        queue.get_recommendation(session, job.id) if job.status == JobStatus.SUCCEEDED else None
     )
     recommendation = None if stored is None else Recommendation.model_validate(stored)
     return PlotData(job.id, job.status, probes, recommendation)

@@ -489,3 +489,14 @@ def test_a_job_that_has_not_ended_says_when_to_poll_again(client: httpx.Client) 
     client.post(f"/v1/jobs/{job['id']}/cancel")
     ended = client.get(f"/v1/jobs/{job['id']}")
     assert ended.json()["status"] == "cancelled" and "retry-after" not in ended.headers
+
+
+def test_a_unique_start_of_a_job_id_is_as_good_as_the_id(client: httpx.Client) -> None:
+    job = submit(client, {**SMALL_SPEC, "seed": 777}).json()
+    prefix = job["id"][:10]
+    got = client.get(f"/v1/jobs/{prefix}")
+    assert got.status_code == 200 and got.json()["id"] == job["id"]
+    assert client.get(f"/v1/jobs/{prefix}/probes").json()["job_id"] == job["id"]
+    # Too short to be an id's start, or nobody's: the usual 404.
+    assert client.get(f"/v1/jobs/{job['id'][:4]}").status_code == 404
+    assert client.get("/v1/jobs/ffffffffff").status_code in (404, 409)

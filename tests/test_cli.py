@@ -370,3 +370,19 @@ def test_the_verdict_comes_first_and_the_evidence_is_one_flag_away(
     detailed = edgetune("jobs", "result", finished, "--details", env=env).stdout
     assert "Edge of chaos (predicted)" in detailed and "validity:" in detailed
     assert "paper_lambda" in detailed
+
+
+def test_shown_prefixes_are_accepted(
+    server: tuple[str, dict[str, str]], finished: str, db_settings: Settings
+) -> None:
+    _, env = server
+    shown = edgetune("jobs", "show", finished[:8], env=env)
+    assert shown.returncode == 0 and finished in shown.stdout
+    keys = env_for(db_settings)
+    created = edgetune("keys", "create", "--tenant", "acme", env=keys)
+    assert created.returncode == 0, created.stderr
+    listed = json.loads(edgetune("keys", "list", "--json", env=keys).stdout)
+    # As a narrow terminal shows it: cut short, with the ellipsis.
+    revoked = edgetune("keys", "revoke", listed[0]["prefix"][:8] + "…", env=keys)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked key" in revoked.stdout
