@@ -26,3 +26,18 @@ def test_unknown_field_is_named():
     with pytest.raises(ValidationError) as exc:
         RecommendationSpec.model_validate({"model": {"type": "mlp", "hiden": [10]}, "dataset": {}})
     assert "hiden" in str(exc.value)
+
+
+def test_the_readme_spec_example_is_a_valid_spec() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## The spec", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    spec = RecommendationSpec.model_validate(yaml.safe_load(block.group(1)))
+    assert spec.model.type == "mlp" and spec.dataset.name == "fashion-mnist"
+    assert spec.budget.epochs == 20 and spec.optimizer.learning_rate is None
