@@ -27,6 +27,7 @@ from app.errors import ProblemError
 from app.schemas import (
     EDGE,
     PLOT_NAMES,
+    TERMINAL_STATUSES,
     Hyperparameters,
     OrderKind,
     PlotName,
@@ -148,6 +149,8 @@ def _growth_keys(data: PlotData) -> list[str]:
 def _require_probes(data: PlotData) -> list[tuple[ProbeOut, ProbeOrder]]:
     measured = [(p, p.order) for p in data.probes if p.order is not None and p.order.epoch]
     if not measured:
+        if data.status in TERMINAL_STATUSES:
+            raise PlotUnavailable(f"job {data.job_id} {data.status} before any probe finished")
         raise PlotUnavailable(
             f"job {data.job_id} is {data.status} and has no probe measurements yet"
         )
@@ -156,6 +159,10 @@ def _require_probes(data: PlotData) -> list[tuple[ProbeOut, ProbeOrder]]:
 
 def _require_recommendation(data: PlotData) -> tuple[Recommendation, Hyperparameters]:
     result = data.recommendation
+    if result is None and data.status in TERMINAL_STATUSES:
+        raise PlotUnavailable(
+            f"job {data.job_id} {data.status}: it ended without a recommendation"
+        )
     if result is None:
         raise PlotUnavailable(f"job {data.job_id} is {data.status}: there is no recommendation yet")
     if result.hyperparameters is None:

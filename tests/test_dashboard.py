@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +138,17 @@ def test_submit_watch_and_open_a_job_in_chromium(
     wait_for(driver, lambda d: visible(d, "#jobs-empty"), "the empty job list did not show")
     assert driver.execute_script("return localStorage.getItem('edgetune.apiKey')") == key
 
+    # A bad spec: the problem shows beside the button, each field once, and stays there past
+    # the list's 2 s refresh.
+    bad = SPEC_YAML + "optimizer: {momentum: 1.5}\n"
+    driver.execute_script("document.getElementById('spec').value = arguments[0]", bad)
+    driver.find_element(By.CSS_SELECTOR, "#submit-form button[type=submit]").click()
+    wait_for(driver, lambda d: visible(d, "#submit-error"), "a rejected spec showed nothing")
+    time.sleep(3)
+    shown = driver.find_element(By.ID, "submit-error")
+    assert shown.is_displayed() and shown.text.count("optimizer.momentum") == 1, shown.text
+    assert "/jobs/" not in driver.current_url
+
     # Submit through the form: the page moves to the new job.
     driver.execute_script("document.getElementById('spec').value = arguments[0]", SPEC_YAML)
     driver.find_element(By.CSS_SELECTOR, "#submit-form button[type=submit]").click()
@@ -250,3 +262,40 @@ def test_the_list_pages_back_to_older_jobs(browser, tmp_path: Path) -> None:
         assert set(shown(browser)) == set(ids)
         assert not visible(browser, "#jobs-more")
         assert browser.find_element(By.ID, "jobs-count").text == "53 jobs shown"
+
+
+def test_a_cancelled_job_looks_ended(browser, server: tuple[str, str]) -> None:
+    """No progress bar, ETA or "probing 13 %" once it stopped, and plot notes that do not promise
+    a recommendation that will never come."""
+    from selenium.webdriver.common.by import By
+
+    url, key = server
+    long = {**SMALL_SPEC, "seed": 31, "budget": {"epochs": 200, "probe_fraction": 2.0}}
+    headers = {"X-API-Key": key}
+    posted = httpx.post(f"{url}/v1/recommendations", json=long, headers=headers)
+    assert posted.status_code == 202, posted.text
+    job = posted.json()
+    httpx.post(f"{url}/v1/jobs/{job['id']}/cancel", headers=headers)
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url}/v1/jobs/{job['id']}", headers=headers).json()["status"] != "cancelled":
+        assert time.monotonic() < deadline, "the job was not cancelled"
+        time.sleep(0.2)
+    driver = browser
+    driver.get(url + "/")
+    driver.execute_script("localStorage.setItem('edgetune.apiKey', arguments[0])", key)
+    driver.get(f"{url}/jobs/{job['id']}")
+    wait_for(
+        driver,
+        lambda d: d.find_element(By.ID, "job-status").text == "cancelled",
+        "the cancelled job's page did not load",
+    )
+    assert driver.find_element(By.ID, "job-phase").text.startswith("stopped while")
+    assert "ETA" not in driver.find_element(By.ID, "job-progress-text").text
+    assert not driver.find_element(By.ID, "job-progress").is_displayed()
+    wait_for(
+        driver,
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".plot-missing")) == 4,
+        "the plots' notes did not show",
+    )
+    notes = [n.text for n in driver.find_elements(By.CSS_SELECTOR, ".plot-missing")]
+    assert notes and not any("yet" in note for note in notes), notes

@@ -180,11 +180,27 @@ async function submitSpec(event) {
     });
     const job = await response.json();
     $("#submit-result").textContent = "";
-    showError(null);
+    showSubmitError(null);
     navigate(`/jobs/${job.id}`);
   } catch (error) {
     $("#submit-result").textContent = "";
-    showError(error);
+    showSubmitError(error);
+  }
+}
+
+// Beside the button, and kept until the spec is submitted again (the list's refresh, which
+// clears its own errors every 2 s, leaves it alone): each field once, with what is wrong.
+function showSubmitError(error) {
+  const box = $("#submit-error");
+  box.hidden = !error;
+  if (!error) return;
+  const problem = error.problem || {};
+  const fields = problem.errors || [];
+  const title = el("strong", fields.length ? `${problem.title || "Rejected"}:` : error.message);
+  box.replaceChildren(title);
+  if (fields.length) {
+    box.append(el("ul"));
+    box.lastChild.append(...fields.map((f) => el("li", `${f.field}: ${f.message}`)));
   }
 }
 
@@ -311,12 +327,18 @@ async function refreshJob(jobId) {
   const status = $("#job-status");
   status.textContent = job.status;
   status.className = `status ${job.status}`;
-  $("#job-phase").textContent = progress.phase || "";
+  const ended = TERMINAL.includes(job.status);
+  const stopped = ended && job.status !== "succeeded";
+  // A job that was cancelled or failed is not "probing 13 %": say where it stopped, and what it
+  // kept.
+  $("#job-phase").textContent = stopped ? `stopped while ${progress.phase || "queued"}`
+    : progress.phase || "";
   $("#job-progress").value = progress.fraction || 0;
+  $("#job-progress").hidden = stopped;
   const probes = `probes ${progress.probes_done || 0}/${progress.probes_total || 0}`;
-  const remaining = TERMINAL.includes(job.status) ? "" : ` · ETA ${eta(progress.eta_seconds)}`;
-  $("#job-progress-text").textContent =
-    `${Math.round((progress.fraction || 0) * 100)}% · ${probes}${remaining}`;
+  $("#job-progress-text").textContent = stopped ? `${probes} stored`
+    : `${Math.round((progress.fraction || 0) * 100)}% · ${probes}`
+      + (ended ? "" : ` · ETA ${eta(progress.eta_seconds)}`);
   $("#job-cancel").hidden = TERMINAL.includes(job.status);
   $("#job-error").hidden = !job.error;
   $("#job-error").textContent = job.error || "";
