@@ -35,13 +35,21 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
-from app.schemas import BudgetSpec, DatasetSpec, MLPSpec, ModelSpec, RecommendationSpec
+from app.schemas import (
+    BudgetSpec,
+    DatasetSpec,
+    MLPSpec,
+    ModelSpec,
+    Recommendation,
+    RecommendationSpec,
+)
 from worker import recommend
 from worker.data import Dataset, load_dataset
 from worker.law import order_series
@@ -106,10 +114,17 @@ def run_units(result: ProbeResult, epochs: float, train_size: int) -> float:
     return result.steps_done * result.config.batch_size / (epochs * train_size)
 
 
-def part_edgetune(
-    spec: RecommendationSpec, dataset: Dataset, device: torch.device
-) -> dict[str, Any]:
-    """The engine's one entry point (worker.recommend.run), as worker/main.py calls it."""
+@dataclass(frozen=True)
+class EngineRun:
+    recommendation: Recommendation
+    plan: list[PlannedProbe]  # empty for a refusal at step 0, which plans nothing
+    results: dict[str, ProbeResult]
+    probe_wall: float  # seconds until the fits began (the whole call when nothing was fitted)
+    fit_wall: float
+
+
+def timed_engine_run(spec: RecommendationSpec, dataset: Dataset, device: torch.device) -> EngineRun:
+    """The engine's one entry point (worker.recommend.run), as worker/main.py calls it, timed."""
     plans: list[list[PlannedProbe]] = []
     results: dict[str, ProbeResult] = {}
     fitting_at: list[float] = []
@@ -130,12 +145,17 @@ def part_edgetune(
     )
     end = time.perf_counter()
     assert rec is not None  # nothing halts it here
-    recommendation = rec.model_dump(mode="json")
-    # A refusal at step 0 plans and fits nothing: no plan, no fitting phase.
-    plan = plans[0] if plans else []
     fitted = fitting_at[0] if fitting_at else end
-    probe_wall = fitted - start
-    fit_wall = end - fitted
+    return EngineRun(rec, plans[0] if plans else [], results, fitted - start, end - fitted)
+
+
+def part_edgetune(
+    spec: RecommendationSpec, dataset: Dataset, device: torch.device
+) -> dict[str, Any]:
+    """The recommendation and what its probes did and cost."""
+    run = timed_engine_run(spec, dataset, device)
+    recommendation = run.recommendation.model_dump(mode="json")
+    plan, results, probe_wall, fit_wall = run.plan, run.results, run.probe_wall, run.fit_wall
     epochs = spec.budget.epochs
     probes = []
     for p in plan:

@@ -75,10 +75,8 @@ from app.schemas import (
     RecommendationSpec,
     TorchvisionSpec,
 )
-from benchmarks.recommend_fmnist import accuracy, machine, run_units
-from worker import recommend
+from benchmarks.recommend_fmnist import accuracy, machine, run_units, timed_engine_run
 from worker.data import Dataset, load_dataset
-from worker.plan import PlannedProbe
 from worker.probe import ProbeConfig, ProbeProgress, ProbeResult, device_name, run_population
 
 REPO = Path(__file__).resolve().parents[1]
@@ -453,28 +451,9 @@ def case_spec(case: Case) -> RecommendationSpec:
 
 
 def run_engine(spec: RecommendationSpec, dataset: Dataset, device: torch.device) -> dict:
-    """`worker.recommend.run` as the worker calls it, timed: the probes until the fits begin (the
-    whole call when it answers before any probe, e.g. a refusal at step 0), then the fits."""
-    plans: list[list[PlannedProbe]] = []
-    results: dict[str, ProbeResult] = {}
-    fitting_at: list[float] = []
-
-    def on_progress(progress: recommend.Progress) -> bool:
-        if progress.phase == "fitting" and not fitting_at:
-            fitting_at.append(time.perf_counter())
-        return True
-
-    start = time.perf_counter()
-    rec = recommend.run(
-        spec,
-        dataset,
-        device=device,
-        on_plan=plans.append,
-        on_probe=lambda probe, result: results.__setitem__(probe.key, result),
-        on_progress=on_progress,
-    )
-    end = time.perf_counter()
-    assert rec is not None  # nothing halts it here
+    """`worker.recommend.run` as the worker calls it, timed (benchmarks/recommend_fmnist.py)."""
+    run = timed_engine_run(spec, dataset, device)
+    results = run.results
     epochs = spec.budget.epochs
     probes = [
         {
@@ -489,17 +468,16 @@ def run_engine(spec: RecommendationSpec, dataset: Dataset, device: torch.device)
             "J_max_final": max(r.records[-1].J) if r.records and r.records[-1].J else None,
             "full_run_units": run_units(r, epochs, dataset.train_size),
         }
-        for p in (plans[0] if plans else [])
+        for p in run.plan
         if (r := results.get(p.key)) is not None
     ]
-    probe_end = fitting_at[0] if fitting_at else end
     return {
-        "recommendation": rec.model_dump(mode="json"),
+        "recommendation": run.recommendation.model_dump(mode="json"),
         "probes": probes,
         # Training samples of the probes / those of one full run (budget · train size).
         "probe_compute_full_runs": sum(p["full_run_units"] for p in probes),
-        "probe_wall_s": probe_end - start,
-        "fit_wall_s": end - probe_end,
+        "probe_wall_s": run.probe_wall,
+        "fit_wall_s": run.fit_wall,
     }
 
 
