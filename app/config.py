@@ -131,4 +131,6 @@ class Settings(BaseSettings):
     def data_roots(self) -> list[Path]:
         if self.data_root:
             return [Path(p).expanduser() for p in self.data_root.split(os.pathsep) if p]
-        return default_data_roots()
+        # Else ../shared/datasets where it exists, and always <data_dir>/datasets: where
+        # `edgetune data fetch` puts the files on a machine with no data root configured.
+        return [*default_data_roots(), (self.data_dir / "datasets").resolve()]

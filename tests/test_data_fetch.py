@@ -189,3 +189,14 @@ def test_an_unreachable_mirror_fails_fast_with_the_by_hand_instructions(tmp_path
             result.stderr
         )
     assert not (root / "mnist").exists()
+
+
+def test_with_no_data_root_configured_the_data_dir_holds_the_datasets(tmp_path: Path) -> None:
+    """A fresh machine: no EDGETUNE_DATA_ROOT and no ../shared. `<data_dir>/datasets` is always
+    a data root, so what `edgetune data fetch` puts there is what the API and the worker read."""
+    from app.config import Settings
+
+    roots = Settings(data_dir=tmp_path, data_root="").data_roots
+    assert roots[-1] == (tmp_path / "datasets").resolve()
+    explicit = Settings(data_dir=tmp_path, data_root=str(tmp_path / "mine")).data_roots
+    assert explicit == [tmp_path / "mine"]  # an explicit root is the only one
