@@ -55,8 +55,26 @@ def resolve_dataset_path(spec: DatasetSpec, data_roots: list[Path]) -> Path | No
         )
     for p in inside:
         if p.exists():
+            if spec.name == "image-folder":
+                _check_links_inside(p, roots)
             return p
     return inside[0]
+
+
+def _check_links_inside(folder: Path, roots: list[Path]) -> None:
+    """An image folder's train/ and test/ and their class folders, links resolved, must lie
+    inside the data roots too: the folder itself being inside is not enough (a linked train/
+    would let the API list, and the worker read, files anywhere)."""
+    for split in ("train", "test"):
+        top = folder / split
+        if not top.exists():
+            continue
+        for part in (top, *(c for c in top.iterdir() if c.is_symlink() or c.is_dir())):
+            if not is_inside_roots(part, roots):
+                raise DatasetPathError(
+                    f"dataset.path {folder.name}/{part.relative_to(folder)} links outside the "
+                    f"data roots ({', '.join(str(r) for r in roots)})"
+                )
 
 
 def is_inside_roots(path: Path, data_roots: list[Path]) -> bool:

@@ -238,6 +238,12 @@ CASES = [
         id="activations-over-the-memory-limit",
     ),
     pytest.param(
+        {"json": spec(dataset={"name": "image-folder", "path": "images", "image_size": 8})},
+        422,
+        "dataset.path images/train links outside the data roots",
+        id="image-folder-train-links-out",
+    ),
+    pytest.param(
         {"json": spec(dataset={"name": "npz", "path": "s3://bucket/x.npz"})},
         422,
         "dataset.path: Value error, path must be a local path under the workers' data roots",
@@ -387,6 +393,11 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         y=np.arange(20) % 4,
     )
     (root / "link-out").symlink_to("/etc")
+    # F4: an image folder inside the root whose train/ links out of it.
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "cats").mkdir()
+    (root / "images").mkdir()
+    (root / "images" / "train").symlink_to(outside)
     return root
 
 
