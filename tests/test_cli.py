@@ -185,9 +185,9 @@ def test_cancel_while_waiting_exits_non_zero(
     assert f"job {job_id} cancelled" in stderr
 
 
-def test_recommend_runs_embedded_when_no_server_is_given(tmp_path: Path) -> None:
-    """No --url, no EDGETUNE_URL, nothing on the default port: the command runs the API and a
-    worker itself on the embedded SQLite default, and still prints the recommendation."""
+def embedded_env(data_dir: Path) -> dict[str, str]:
+    """An environment in which the CLI takes its embedded fallback (skips when a server answers
+    on the default port, where the fallback would not be taken)."""
     try:
         httpx.get("http://127.0.0.1:8000/livez", timeout=1)
         pytest.skip("a server answers on 127.0.0.1:8000; the embedded path would not be taken")
@@ -196,7 +196,14 @@ def test_recommend_runs_embedded_when_no_server_is_given(tmp_path: Path) -> None
     env = {
         k: v for k, v in os.environ.items() if k not in ("EDGETUNE_URL", "EDGETUNE_DATABASE_URL")
     }
-    env["EDGETUNE_DATA_DIR"] = str(tmp_path)
+    env["EDGETUNE_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def test_recommend_runs_embedded_when_no_server_is_given(tmp_path: Path) -> None:
+    """No --url, no EDGETUNE_URL, nothing on the default port: the command runs the API and a
+    worker itself on the embedded SQLite default, and still prints the recommendation."""
+    env = embedded_env(tmp_path)
     result = edgetune(
         "recommend", str(REPO / "examples" / "digits_small.yaml"), "--wait", "--json", env=env
     )
@@ -339,15 +346,7 @@ def test_a_second_serve_on_a_busy_port_fails_before_its_worker_starts(tmp_path: 
 
 
 def test_recommend_without_wait_on_the_embedded_fallback_runs_the_job(tmp_path: Path) -> None:
-    try:
-        httpx.get("http://127.0.0.1:8000/livez", timeout=1)
-        pytest.skip("a server answers on 127.0.0.1:8000; the embedded path would not be taken")
-    except httpx.HTTPError:
-        pass
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("EDGETUNE_URL", "EDGETUNE_DATABASE_URL")
-    }
-    env["EDGETUNE_DATA_DIR"] = str(tmp_path)
+    env = embedded_env(tmp_path)
     result = edgetune("recommend", str(DIGITS), "--json", env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "follows it to the end" in result.stderr
