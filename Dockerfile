@@ -8,7 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    EDGETUNE_DATA_ROOT=/data
+    EDGETUNE_DATA_ROOT=/data \
+    EDGETUNE_DATA_DIR=/srv/edgetune/.edgetune
+# The data dir is set, not the per-user default: a container may run as a UID with no home.
 RUN useradd --create-home --uid 10001 edgetune
 WORKDIR /srv/edgetune
 # Packaging metadata and empty packages only: the dependency layers below are rebuilt when

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The repository root when running from a checkout (app/ lives directly under it).
@@ -23,6 +24,30 @@ def default_data_roots() -> list[Path]:
         if candidate.is_dir():
             return [candidate]
     return []
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory, the same from any working directory: a job that `edgetune
+    recommend` queued in one folder is listed by `edgetune jobs list` run from another.
+
+    $XDG_DATA_HOME/edgetune where that is set (on any platform, so tests and users can move it),
+    else the platform's per-user data folder: ~/.local/share, ~/Library/Application Support,
+    %LOCALAPPDATA%. EDGETUNE_DATA_DIR overrides all of this.
+    """
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec: a relative value is invalid, ignored
+        return Path(xdg) / "edgetune"
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):
+        # No home at all (a container user missing from /etc/passwd): the working directory,
+        # as before, rather than failing a command that may never touch the data dir.
+        return Path(".edgetune").resolve()
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "edgetune"
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "edgetune"
+    return home / ".local" / "share" / "edgetune"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -40,7 +65,8 @@ class Settings(BaseSettings):
 
     # Empty = the embedded default: a SQLite file `<data_dir>/edgetune.db` that migrates itself.
     database_url: str = ""
-    data_dir: Path = Path(".edgetune")
+    # Per user, not per working directory (default_data_dir).
+    data_dir: Path = Field(default_factory=default_data_dir)
     # os.pathsep-separated folders that dataset paths must lie under (EDGETUNE_DATA_ROOT).
     data_root: str = ""
     # Where `edgetune data fetch` downloads MNIST / Fashion-MNIST from: one folder URL, {name}

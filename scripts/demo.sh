@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: start the embedded service (API + one worker, SQLite in .edgetune/), submit
+# `make demo`: start the embedded service (API + one worker, SQLite in the data dir), submit
 # examples/fashion_mnist_paper.yaml over HTTP, follow its progress, print the recommendation,
 # and stop the service again (also on Ctrl-C or an error).
 set -euo pipefail
@@ -11,8 +11,11 @@ SPEC="${1:-examples/fashion_mnist_paper.yaml}"
 export EDGETUNE_HOST="${EDGETUNE_HOST:-127.0.0.1}"
 export EDGETUNE_PORT="${EDGETUNE_PORT:-8000}"
 URL="http://${EDGETUNE_HOST}:${EDGETUNE_PORT}"
-LOG="${EDGETUNE_DATA_DIR:-.edgetune}/serve.log"
-mkdir -p "$(dirname "$LOG")"
+# The data dir: EDGETUNE_DATA_DIR, else the per-user default (~/.local/share/edgetune; see
+# app/config.py), asked of the settings so this script and the server agree.
+DATA_DIR="$("$PYTHON" -c 'from app.config import Settings; print(Settings().data_dir.resolve())')"
+LOG="$DATA_DIR/serve.log"
+mkdir -p "$DATA_DIR"
 
 # 0 when $1 answers 200 (no curl needed: the venv has httpx).
 answers() {
@@ -29,11 +32,9 @@ if answers "$URL/livez"; then
 fi
 
 # The spec's MNIST / Fashion-MNIST files: used from a data root that has them (EDGETUNE_DATA_ROOT,
-# default ../shared/datasets), else downloaded once, verified, by `edgetune data fetch`; on a
-# fresh clone with no data root that is .edgetune/datasets, exported for the server too.
-if ! "$PYTHON" -c 'import sys; from app.config import Settings; sys.exit(not Settings().data_roots)'; then
-  export EDGETUNE_DATA_ROOT="$PWD/${EDGETUNE_DATA_DIR:-.edgetune}/datasets"
-fi
+# default ../shared/datasets, then <data dir>/datasets), else downloaded once, verified, by
+# `edgetune data fetch` into a data root the server reads too (with none configured and no
+# ../shared, that is <data dir>/datasets).
 # Prints the dataset to fetch: an MNIST-style spec without dataset.path whose files are missing
 # (the worker reads <root>/<name> of the first data root that has that folder).
 missing_dataset() {

@@ -18,6 +18,20 @@ from app.db import make_engine, session_factory, upgrade
 from tests.db import BACKENDS, admin_connect, make_settings, pg_url, postgres_unavailable
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The default data dir is per user (app.config.default_data_dir): point it at a scratch
+    folder, for this process and every command a test starts, so no test writes into the real
+    home. Tests that need their own set EDGETUNE_DATA_DIR or XDG_DATA_HOME over it."""
+    saved = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data-home"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = saved
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The shared datasets folder: EDGETUNE_DATA_ROOT, else <repo>/../shared/datasets."""

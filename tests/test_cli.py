@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,10 +26,10 @@ DIGITS = REPO / "examples" / "digits_small.yaml"
 
 
 def edgetune(
-    *args: str, env: dict[str, str], timeout: float = 120
+    *args: str, env: dict[str, str], timeout: float = 120, cwd: Path = REPO
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [EDGETUNE, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [EDGETUNE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -343,6 +344,26 @@ def test_a_second_serve_on_a_busy_port_fails_before_its_worker_starts(tmp_path: 
     assert result.returncode == 1
     assert f"could not listen on 127.0.0.1:{port}" in result.stderr
     assert "worker" not in result.stderr.lower().replace("stopping the worker", "")
+
+
+def test_the_embedded_database_is_the_same_from_any_directory(tmp_path: Path) -> None:
+    """Stumble 12: with no EDGETUNE_DATA_DIR, a job that `recommend` queued from one folder is
+    listed by `jobs list` run from another (the default data dir was once ./.edgetune)."""
+    env = embedded_env(tmp_path / "unused")
+    del env["EDGETUNE_DATA_DIR"]
+    env |= {"HOME": str(tmp_path / "home"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    queued = edgetune("recommend", str(DIGITS), "--json", env=env, cwd=first, timeout=300)
+    assert queued.returncode == 0, queued.stderr
+    job_id = re.search(r"job ([0-9a-f]{32}) submitted", queued.stderr)
+    assert job_id, queued.stderr
+    listed = edgetune("jobs", "list", "--json", env=env, cwd=second)
+    assert listed.returncode == 0, listed.stderr
+    assert [job["id"] for job in json.loads(listed.stdout)["jobs"]] == [job_id[1]]
+    assert (tmp_path / "xdg" / "edgetune" / "edgetune.db").is_file()
+    assert not (first / ".edgetune").exists() and not (second / ".edgetune").exists()
 
 
 def test_recommend_without_wait_on_the_embedded_fallback_runs_the_job(tmp_path: Path) -> None:
