@@ -17,15 +17,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from app.config import Settings
-from app.datasets import IDX_DATASETS, DatasetPathError, missing_files, resolve_dataset_path
-from app.schemas import CNNSpec, DatasetSpec, MLPSpec, ModelSpec, RecommendationSpec
+from app.datasets import DatasetPathError, missing_files, resolve_dataset_path
+from app.schemas import (
+    CNNSpec,
+    DatasetSpec,
+    MLPSpec,
+    ModelSpec,
+    RecommendationSpec,
+    known_shape,
+)
 from app.torchvision_models import TORCHVISION_NAMES, torchvision_parameters
 
-# What the worker's loaders produce for the datasets whose shape is fixed (worker/data.py).
-IDX_SHAPE = (1, 28, 28)
-IDX_TRAIN_SAMPLES = 60_000
-DIGITS_SHAPE = (1, 8, 8)
-DIGITS_SAMPLES = 1797
+# Training examples of the datasets whose shape is fixed (their shapes: edgetune.schemas).
+FIXED_TRAIN_SAMPLES = {"fashion-mnist": 60_000, "mnist": 60_000, "digits": 1797}
 # The npy header is a short Python dict literal; anything longer is not an array we wrote.
 MAX_NPY_HEADER = 65_536
 
@@ -56,7 +60,7 @@ class DataShape:
 
 
 def parameter_count(model: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> int:
-    """Trainable parameters of the model worker/nets.py builds for this input, in closed form."""
+    """Trainable parameters of the model edgetune/nets.py builds for this input, in closed form."""
     if isinstance(model, MLPSpec):
         width = math.prod(input_shape)
         total = 0
@@ -76,7 +80,7 @@ def parameter_count(model: ModelSpec, input_shape: tuple[int, ...], num_classes:
             total += channels * block.channels * k * k + (
                 block.channels if model.hidden_bias else 0
             )
-            # Same arithmetic as worker/nets.py: padding k//2, then stride, then max-pool.
+            # Same arithmetic as edgetune/nets.py: padding k//2, then stride, then max-pool.
             height = ((height + 2 * (k // 2) - k) // block.stride + 1) // block.pool
             width = ((width + 2 * (k // 2) - k) // block.stride + 1) // block.pool
             if height < 1 or width < 1:
@@ -133,12 +137,9 @@ def data_shape(spec: DatasetSpec, path: Path | None) -> DataShape:
 
     npz: classes are not read (that needs the labels); 2, the fewest possible, is a lower bound.
     """
-    if spec.name in IDX_DATASETS:
-        return DataShape(IDX_SHAPE, 10, IDX_TRAIN_SAMPLES)
-    if spec.name == "digits":
-        return DataShape(DIGITS_SHAPE, 10, DIGITS_SAMPLES)
-    if spec.name == "synthetic":
-        return DataShape((spec.synthetic_features,), spec.synthetic_classes, None)
+    known = known_shape(spec)
+    if known is not None:
+        return DataShape(*known, FIXED_TRAIN_SAMPLES.get(spec.name))
     assert path is not None
     if spec.name == "npz":
         x_shape = npy_shape(path, "x")

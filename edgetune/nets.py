@@ -1,5 +1,8 @@
 """Spec → torch.nn.Module. Declarative only: no user code is ever executed or unpickled.
 
+Shared by the worker's probes and by pipelines (`edgetune.build_model`), so that the model a
+pipeline trains is the module the probes trained: same architecture, init and initial weights.
+
 Our own architectures (MLP, CNN) are built as a chain of hidden layers, each a weight layer followed
 by an activation, then a read-out. That structure is what the order parameters need: per hidden
 layer its weight, its fan-in, its activation and its pre-activations on data.
@@ -14,8 +17,17 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import replace_all_batch_norm_modules_
 
-from app.schemas import CNNSpec, InitSpec, MLPSpec, ModelSpec, TorchvisionSpec
+from edgetune.schemas import (
+    CNNSpec,
+    InitSpec,
+    MLPSpec,
+    ModelSpec,
+    RecommendationSpec,
+    TorchvisionSpec,
+    known_shape,
+)
 
 
 class SpecError(ValueError):
@@ -375,3 +387,50 @@ def layer_infos(model: nn.Module) -> list[LayerInfo]:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# Probe i of a job with seed s draws its initial weights with seed s·1000 + i (worker/plan.py).
+# The first probe's, s·1000, is the model a pipeline gets and the one the engine measures at
+# step 0 (worker/recommend.py).
+PROBE_SEEDS_PER_JOB = 1000
+
+
+def first_probe_seed(seed: int) -> int:
+    return seed * PROBE_SEEDS_PER_JOB
+
+
+def seeded_model(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, seed: int
+) -> nn.Module:
+    """The model a probe starts from (worker/probe.py init_model does the same): built on the CPU
+    with only the CPU generator seeded, so it is the same on every machine and the caller's RNG
+    state is left as it was. BatchNorm layers use batch statistics (no running averages), which
+    is what the probes' vmapped training needs, so a pipeline trains them the same way."""
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.random.default_generator.manual_seed(seed)
+        model = build_model(spec, input_shape, num_classes)
+    if isinstance(model, TorchvisionNet):
+        replace_all_batch_norm_modules_(model)
+    return model
+
+
+def probed_model(
+    spec: RecommendationSpec,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+) -> nn.Module:
+    """The module the job's first probe trained, its initial weights included, on the CPU.
+
+    The input shape and class count come from the dataset spec where it fixes them (mnist,
+    fashion-mnist, digits, synthetic); for data whose shape only its files know (npz,
+    image-folder), pass them as the worker loads them."""
+    known = known_shape(spec.dataset)
+    shape = input_shape or (known[0] if known else None)
+    classes = num_classes or (known[1] if known else None)
+    if shape is None or classes is None:
+        raise ValueError(
+            f"dataset {spec.dataset.name!r}: its input shape and classes are only known from its "
+            "files; pass input_shape=(C, H, W) or (features,) and num_classes="
+        )
+    return seeded_model(spec.model, tuple(shape), classes, first_probe_seed(spec.seed))

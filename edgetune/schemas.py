@@ -150,6 +150,26 @@ class DatasetSpec(Strict):
         return v
 
 
+# (input shape, classes) of the datasets whose shape is fixed, as the worker's loaders give them
+# (worker/data.py; tests/test_build.py checks the two agree). Torch-free, so that the API's limits
+# and `edgetune.build_model` know a model's input without loading any data.
+FIXED_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "fashion-mnist": ((1, 28, 28), 10),
+    "mnist": ((1, 28, 28), 10),
+    "digits": ((1, 8, 8), 10),
+}
+
+
+def known_shape(spec: DatasetSpec) -> tuple[tuple[int, ...], int] | None:
+    """(input shape, classes) of a dataset where the spec alone says; None where only its files
+    do (npz, image-folder)."""
+    if spec.name in FIXED_SHAPES:
+        return FIXED_SHAPES[spec.name]
+    if spec.name == "synthetic":
+        return (spec.synthetic_features,), spec.synthetic_classes
+    return None
+
+
 class OptimizerSpec(Strict):
     """SGD in PyTorch's semantics. `null` = let edgetune recommend it; a number = fixed."""
 
@@ -163,8 +183,9 @@ class OptimizerSpec(Strict):
 
 class BudgetSpec(Strict):
     epochs: Number = Field(20, gt=0, le=10_000)
-    # Probe compute cap, in units of one full `epochs`-long run of one configuration.
-    probe_fraction: Number = Field(1.0, gt=0, le=100)
+    # Probe compute cap, in training samples, as a share of one full `epochs`-long run of one
+    # configuration (issue 12: a fifth of a run).
+    probe_fraction: Number = Field(0.2, gt=0, le=100)
 
 
 class RecommendationSpec(Strict):
@@ -300,6 +321,7 @@ __all__ = [
     "ConvBlockSpec",
     "DatasetName",
     "DatasetSpec",
+    "FIXED_SHAPES",
     "FieldError",
     "Health",
     "InitSpec",
@@ -320,6 +342,7 @@ __all__ = [
     "Strict",
     "TERMINAL_STATUSES",
     "TorchvisionSpec",
+    "known_shape",
 ]
 
 

@@ -562,7 +562,7 @@ def test_parameter_count_matches_the_built_model(
     model: dict[str, Any], input_shape: tuple[int, ...], classes: int
 ) -> None:
     torch = pytest.importorskip("torch")
-    from worker.nets import build_model, count_parameters
+    from edgetune.nets import build_model, count_parameters
 
     model_spec = RecommendationSpec.model_validate({"model": model, "dataset": {}}).model
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost

@@ -8,7 +8,6 @@ is extracted and run as written.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -35,8 +34,9 @@ from edgetune import (
     ProblemError,
     Unreachable,
     WaitTimeout,
+    build_model,
 )
-from edgetune.client import MAX_POLL_SECONDS, Backoff, retry_after
+from edgetune.client import MAX_POLL_SECONDS, Backoff, load_spec, retry_after
 from edgetune.schemas import Recommendation
 from tests.helpers import SMALL_SPEC, api_key, live_server
 
@@ -262,17 +262,36 @@ def readme_example() -> str:
     return blocks[0]
 
 
-def test_the_readme_pipeline_example_runs_as_written(url: str, key: str, worker: None) -> None:
-    env = {**os.environ, "EDGETUNE_URL": url, "EDGETUNE_API_KEY": key}
-    done = subprocess.run(
-        [sys.executable, "-c", readme_example()],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert re.search(r"train \d+(\.\d+)? epochs at batch size \d+: SGD \(", done.stdout), (
-        done.stdout
-    )
+def test_the_readme_pipeline_example_runs_as_written(
+    url: str, key: str, worker: None, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Run as written (in this process, so that its `model` can be looked at after): it trains
+    the very module the job's first probe started from, and trains it well."""
+    import torch  # the example's, and the worker side's
+
+    from edgetune.nets import seeded_model
+    from worker.data import load_dataset
+
+    monkeypatch.setenv("EDGETUNE_URL", url)
+    monkeypatch.setenv("EDGETUNE_API_KEY", key)
+    monkeypatch.chdir(REPO)
+    namespace: dict = {}
+    exec(compile(readme_example(), "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    found = re.search(r"trained \d+(\.\d+)? epochs at batch size \d+: accuracy (\S+)", out)
+    assert found and float(found[2]) > 0.9, out
+    # The job the example asked for: the seed its first probe stored rebuilds the model the
+    # example started from, and the example trained that module away from those weights.
+    spec = load_spec(namespace["spec"])
+    with Client(url, api_key=key) as client:
+        job = next(j for j in client.jobs() if j.spec == spec.model_dump(mode="json"))
+        first = next(p for p in client.probes(job.id).probes if p.key == "p00")
+    dataset = load_dataset(spec.dataset, [], spec.seed)
+    start = seeded_model(spec.model, dataset.input_shape, dataset.num_classes, first.config["seed"])
+    rebuilt = build_model(namespace["spec"])
+    trained = namespace["model"]
+    assert str(trained) == str(start) == str(rebuilt)
+    pairs = list(zip(start.parameters(), trained.parameters(), rebuilt.parameters(), strict=True))
+    assert all(torch.equal(s, r) for s, _, r in pairs)
+    assert not any(torch.equal(s, t) for s, t, _ in pairs)
+

@@ -81,16 +81,20 @@ BREACHES = {
     "app/_breach_a.py": "import app._breach_b\n",
     "app/_breach_b.py": "import app._breach_a\n",
 }
-# The science core reaches into the database, and the growth law into torch.
-SCIENCE_BREACH = ("worker/fit.py", "\nimport torch  # noqa\n\nimport app.queue  # noqa\n")
+# Appended to existing modules: the science core reaches into the database and the growth law
+# into torch; the client's schemas reach into torch.
+APPENDED_BREACHES = (
+    ("worker/fit.py", "\nimport torch  # noqa\n\nimport app.queue  # noqa\n"),
+    ("edgetune/schemas.py", "\nimport torch  # noqa\n"),
+)
 
 
 def test_each_contract_fails_when_broken(copy: Path) -> None:
     for name, text in BREACHES.items():
         (copy / name).write_text(text)
-    path, line = SCIENCE_BREACH
-    with (copy / path).open("a") as f:
-        f.write(line)
+    for path, line in APPENDED_BREACHES:
+        with (copy / path).open("a") as f:
+            f.write(line)
     result = _lint_imports(copy)
     assert result.returncode != 0
     for name in _contract_names():

@@ -1,4 +1,4 @@
-"""Spec → model (worker/nets.py): every spec type builds, inits are what they claim, bad specs are
+"""Spec → model (edgetune/nets.py): every spec type builds, inits are what they claim, bad specs are
 refused with the field named."""
 
 import math
@@ -10,7 +10,7 @@ from torch import nn
 
 from app.schemas import CNNSpec, ConvBlockSpec, InitSpec, MLPSpec, RecommendationSpec
 from app.schemas import TorchvisionSpec as TVSpec
-from worker.nets import EdgeNet, SpecError, build_model, count_parameters, layer_infos
+from edgetune.nets import EdgeNet, SpecError, build_model, count_parameters, layer_infos
 from worker.order import couplings, measure
 
 ACTIVATIONS = ["tanh", "relu", "gelu", "silu", "linear"]

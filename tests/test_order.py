@@ -14,6 +14,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from app.schemas import CNNSpec, ConvBlockSpec, InitSpec, MLPSpec
+from edgetune.nets import EdgeNet, build_model, layer_infos
 from tests.theory import (
     apjn_exact,
     iterated_map_norm,
@@ -21,7 +22,6 @@ from tests.theory import (
     random_coupling_matrix,
     twin_trajectory_distance,
 )
-from worker.nets import EdgeNet, build_model, layer_infos
 from worker.order import (
     apjn_hutchinson,
     coupling,

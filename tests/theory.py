@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.func import jacrev
 
-from worker.nets import EdgeNet, LayerInfo, activation_derivative, activation_fn
+from edgetune.nets import EdgeNet, LayerInfo, activation_derivative, activation_fn
 from worker.order import Params, apjn_hutchinson, layer_map, layer_params, random_unit_vectors
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp
 
-from worker.nets import EdgeNet, LayerInfo, activation_derivative, activation_fn
+from edgetune.nets import EdgeNet, LayerInfo, activation_derivative, activation_fn
 
 Params = dict[str, Tensor]
 

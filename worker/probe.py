@@ -51,8 +51,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state, vmap
 
 from app.schemas import ModelSpec
+from edgetune.nets import EdgeNet, TorchvisionNet, build_model, layer_infos
 from worker.data import Dataset
-from worker.nets import EdgeNet, TorchvisionNet, build_model, layer_infos
 from worker.order import measure, random_unit_vectors
 
 logger = logging.getLogger(__name__)
