@@ -5,7 +5,10 @@
     growth      fitted growth rate A against η/((1−α)B), log–log, with the fit A = k·x and its CI
     trajectory  the recommended run's predicted trajectory (and the verification run's, if any)
 
-`render(name, data, format)` is pure: values in, PNG or SVG bytes out. It uses matplotlib's
+and, over several jobs, `compare`: each job's recommended-run trajectory on one plot.
+
+`render(name, data, format)` and `render_compare(jobs, format)` are pure: values in, PNG or SVG
+bytes out. It uses matplotlib's
 object API (a Figure per call, never pyplot's global state), so requests can render in parallel
 threads. It reads no database: app.service.plot_data gathers a job's PlotData.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,6 +50,9 @@ EDGE_STYLE: dict[str, Any] = {"color": "#c0392b", "linestyle": "--", "linewidth"
 MAX_LAYER_PANELS = 4
 # Above this the order parameter has run far past the edge: a log axis keeps the rest readable.
 LOG_SCALE_ABOVE = 5.0
+# The most jobs one compare plot shows: one of matplotlib's ten default colours each, and a
+# legend that still fits under the axes.
+MAX_COMPARED = 10
 
 
 class PlotUnavailable(Exception):
@@ -59,6 +65,17 @@ class PlotData:
     status: str
     probes: list[ProbeOut]
     recommendation: Recommendation | None
+
+
+@dataclass(frozen=True)
+class JobTrajectory:
+    """One job of the compare plot: its result (None until it has succeeded), and what the
+    legend names it by besides its id (the spec's model and dataset)."""
+
+    job_id: str
+    status: str
+    recommendation: Recommendation | None
+    title: str
 
 
 def parse_name(name: str, format: str | None) -> tuple[PlotName, Format]:
@@ -82,15 +99,34 @@ def parse_name(name: str, format: str | None) -> tuple[PlotName, Format]:
             f"the name asks for {suffix} and ?format= for {format}",
             "invalid-format",
         )
-    chosen = format or suffix or "png"
-    if chosen not in MEDIA_TYPES:
+    return base, parse_format(format or suffix)  # base: checked against PLOT_NAMES above
+
+
+def parse_format(format: str | None) -> Format:
+    """?format= → png (the default) or svg; 400 problem for anything else."""
+    chosen = format or "png"
+    if chosen == "png":
+        return "png"
+    if chosen == "svg":
+        return "svg"
+    raise ProblemError(
+        400, "Unknown plot format", f"format must be png or svg, not {chosen!r}", "invalid-format"
+    )
+
+
+def parse_job_ids(jobs: str) -> list[str]:
+    """?jobs=ID1,ID2,... → the ids once each, in order; 422 problem for none or too many."""
+    ids = list(dict.fromkeys(part.strip() for part in jobs.split(",") if part.strip()))
+    if not 1 <= len(ids) <= MAX_COMPARED:
+        message = f"give 1 to {MAX_COMPARED} comma-separated job ids, not {len(ids)}"
         raise ProblemError(
-            400,
-            "Unknown plot format",
-            f"format must be png or svg, not {chosen!r}",
-            "invalid-format",
+            422,
+            "Unprocessable request",
+            f"jobs: {message}",
+            "validation-failed",
+            errors=[{"field": "jobs", "message": message, "type": "validation-failed"}],
         )
-    return base, chosen  # both checked against the literals above
+    return ids
 
 
 def order_kind(data: PlotData) -> OrderKind:
@@ -160,9 +196,7 @@ def _require_probes(data: PlotData) -> list[tuple[ProbeOut, ProbeOrder]]:
 def _require_recommendation(data: PlotData) -> tuple[Recommendation, Hyperparameters]:
     result = data.recommendation
     if result is None and data.status in TERMINAL_STATUSES:
-        raise PlotUnavailable(
-            f"job {data.job_id} {data.status}: it ended without a recommendation"
-        )
+        raise PlotUnavailable(f"job {data.job_id} {data.status}: it ended without a recommendation")
     if result is None:
         raise PlotUnavailable(f"job {data.job_id} is {data.status}: there is no recommendation yet")
     if result.hyperparameters is None:
@@ -272,9 +306,7 @@ def _growth_points(result: Recommendation) -> list[tuple[ProbeGrowth, float]]:
     return [
         (p, p.effective_rate)
         for p in result.edge.probes
-        if p.growth is not None
-        and (p.growth.A.value or 0) > 0
-        and p.effective_rate is not None
+        if p.growth is not None and (p.growth.A.value or 0) > 0 and p.effective_rate is not None
     ]
 
 
@@ -422,6 +454,77 @@ def plot_trajectory(data: PlotData) -> Figure:
     return figure
 
 
+def _compared(job: JobTrajectory) -> tuple[Recommendation, Hyperparameters] | str:
+    """The job's result and hyperparameters when it has a trajectory to show, else why not."""
+    result = job.recommendation
+    if result is None:
+        return f"{job.job_id[:8]} ({job.status}, no recommendation)"
+    if result.hyperparameters is None or not result.edge.predicted_trajectory:
+        return f"{job.job_id[:8]} (no recommendation reached the edge)"
+    return result, result.hyperparameters
+
+
+def _compare_label(job: JobTrajectory, hyper: Hyperparameters, symbol: str | None) -> str:
+    """Id, model · dataset, the hyperparameters; the order parameter only where jobs differ."""
+    label = (
+        f"{job.job_id[:8]} {job.title}: η={hyper.learning_rate:.3g}, "
+        f"α={hyper.momentum:g}, B={hyper.batch_size}, {hyper.epochs:g} epochs"
+    )
+    return label if symbol is None else f"{label} ({symbol})"
+
+
+def plot_compare(jobs: Sequence[JobTrajectory]) -> Figure:
+    """Each job's recommended run, its predicted order parameter over its epochs (solid) and,
+    where it was verified, the measured one (dotted, same colour). Jobs without a trajectory are
+    named in a note; PlotUnavailable when none has one."""
+    shown = [(job, c) for job in jobs if not isinstance(c := _compared(job), str)]
+    left_out = [c for job in jobs if isinstance(c := _compared(job), str)]
+    if not shown:
+        raise PlotUnavailable("no job to compare has a recommended run: " + ", ".join(left_out))
+    kinds = {result.edge.order_parameter.name for _, (result, _) in shown}
+    figure, _ = _figure()
+    ax = figure.subplots()
+    everything: list[float] = []
+    end = 0.0
+    for i, (job, (result, hyper)) in enumerate(shown):
+        predicted = result.edge.predicted_trajectory
+        assert predicted is not None  # _compared keeps only jobs that have one
+        symbol = _symbol(result.edge.order_parameter.name) if len(kinds) > 1 else None
+        label = _compare_label(job, hyper, symbol)
+        ax.plot(predicted.epoch, predicted.value, color=f"C{i}", linewidth=2, label=label)
+        everything.extend(predicted.value)
+        end = max(end, *predicted.epoch)
+        measured = result.verification.trajectory if result.verification else None
+        if measured is not None and measured.epoch:
+            ax.plot(measured.epoch, measured.measured, color=f"C{i}", linestyle=":", marker=".")
+            everything.extend(measured.measured)
+    _edge_line(ax)
+    _fit_y_axis(ax, everything)
+    ax.set_xlim(0, end or None)
+    ax.set_xlabel("training time (epochs)")
+    # J² and χ both put the edge at 1, so jobs that steer different ones share the axis.
+    ax.set_ylabel(
+        f"order parameter {_symbol(next(iter(kinds)))}" if len(kinds) == 1 else "order parameter"
+    )
+    ax.set_title(
+        "Recommended runs compared: predicted order parameter (dotted: measured in verification)",
+        fontsize="medium",
+    )
+    if left_out:
+        ax.text(
+            0.98,
+            0.03,
+            f"not shown: {', '.join(left_out)}",
+            transform=ax.transAxes,
+            ha="right",
+            fontsize="small",
+            color="dimgrey",
+        )
+    ax.grid(alpha=0.3)
+    figure.legend(loc="outside lower center", ncols=1, fontsize="small")
+    return figure
+
+
 PLOTTERS = {
     "order": plot_order,
     "collapse": plot_collapse,
@@ -432,7 +535,16 @@ PLOTTERS = {
 
 def render(name: PlotName, data: PlotData, format: Format = "png") -> bytes:
     """The plot as PNG (800×500) or SVG bytes; PlotUnavailable when the job lacks its data."""
-    figure = PLOTTERS[name](data)
+    return _encode(PLOTTERS[name](data), format)
+
+
+def render_compare(jobs: Sequence[JobTrajectory], format: Format = "png") -> bytes:
+    """The compare plot as PNG (800×500) or SVG bytes; PlotUnavailable when no job has a
+    recommended run to show."""
+    return _encode(plot_compare(jobs), format)
+
+
+def _encode(figure: Figure, format: Format) -> bytes:
     buffer = io.BytesIO()
     # No timestamps in the files: the same data gives the same bytes.
     metadata = {"Date": None} if format == "svg" else {"Software": None}

@@ -5,8 +5,9 @@ What they depend on (settings, the database, the caller's tenant, the parsed spe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Response
@@ -179,9 +180,46 @@ async def get_plot(
     trajectory) it needs."""
     plot, chosen = plots.parse_name(name, format)
     data = await db.run_as(caller, service.plot_data, job_id=job_id)
+    return await _rendered(chosen, plots.render, plot, data, chosen)
+
+
+@router.get(
+    "/v1/plots/order",
+    response_class=Response,
+    responses={
+        200: {"content": {media: {} for media in plots.MEDIA_TYPES.values()}},
+        400: PROBLEM,
+        404: PROBLEM,
+        409: PROBLEM,
+        422: PROBLEM,
+    },
+    tags=["jobs"],
+)
+async def compare_plot(
+    db: DatabaseDep,
+    caller: CallerDep,
+    jobs: Annotated[
+        str,
+        Query(
+            description=f"Comma-separated job ids (or unique starts), 1 to {plots.MAX_COMPARED}",
+            max_length=4096,
+        ),
+    ],
+    format: Annotated[str | None, Query(description="png (default) or svg")] = None,
+) -> Response:
+    """Several jobs compared on one plot: each recommended run's order parameter over its
+    epochs, as predicted (and as measured, for verified jobs). Jobs without a recommendation are
+    named on the plot; 409 when none of them has one, 404 for an id that is not your job."""
+    job_ids, chosen = plots.parse_job_ids(jobs), plots.parse_format(format)
+    data = await db.run_as(caller, service.compare_data, job_ids=job_ids)
+    return await _rendered(chosen, plots.render_compare, data, chosen)
+
+
+async def _rendered(chosen: plots.Format, render: Callable[..., bytes], *args: Any) -> Response:
+    """`render(*args)` as the response, or the 409 problem while the data it needs is missing."""
     try:
         # Rendering is CPU work (a few hundred ms): off the event loop, outside the DB limiter.
-        body = await anyio.to_thread.run_sync(plots.render, plot, data, chosen)
+        body = await anyio.to_thread.run_sync(render, *args)
     except plots.PlotUnavailable as exc:
         raise ProblemError(409, "Plot not available yet", str(exc), "plot-not-ready") from exc
     # Plots change while a job runs: the browser revalidates instead of showing a stale one.
@@ -212,6 +250,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 @router.get("/", include_in_schema=False)
 @router.get("/jobs/{job_id}", include_in_schema=False)
+@router.get("/compare", include_in_schema=False)
 async def dashboard() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 

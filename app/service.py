@@ -38,7 +38,8 @@ from app.config import Settings
 from app.errors import ProblemError, database_unavailable
 from app.limits import check_spec
 from app.models import JOB_ID_PATTERN, Job, Probe
-from app.plots import PlotData
+from app.models import Recommendation as StoredResult
+from app.plots import JobTrajectory, PlotData
 from app.queue import transaction
 from app.schemas import (
     TERMINAL_STATUSES,
@@ -52,6 +53,8 @@ from app.schemas import (
     Progress,
     Recommendation,
     RecommendationSpec,
+    ResultSummary,
+    Verdict,
 )
 
 # A unique start of a job id is as good as the id (at least 6 hex digits: 16 million values).
@@ -60,7 +63,7 @@ JOB_ID_PREFIX = re.compile(r"[0-9a-f]{6,31}")
 MAX_IDEMPOTENCY_KEY = 255
 
 
-def job_out(job: Job) -> JobOut:
+def job_out(job: Job, result: ResultSummary | None = None) -> JobOut:
     base = f"/v1/jobs/{job.id}"
     return JobOut(
         id=job.id,
@@ -80,7 +83,34 @@ def job_out(job: Job) -> JobOut:
             probes=f"{base}/probes",
             cancel=f"{base}/cancel",
         ),
+        result=result,
     )
+
+
+def _result_summaries(session: Session, jobs: Sequence[Job]) -> dict[str, ResultSummary]:
+    """The succeeded jobs' results in brief, by job id, in one query for any number of jobs.
+    Only three values are read out of each stored result (a whole one, with its fits and
+    trajectories, is tens of kB)."""
+    ids = [job.id for job in jobs if job.status == JobStatus.SUCCEEDED]
+    if not ids:
+        return {}
+    stored = StoredResult.result
+    query = select(
+        StoredResult.job_id,
+        stored["verdict"],
+        stored[("hyperparameters", "learning_rate")].as_float(),
+        stored[("hyperparameters", "batch_size")].as_integer(),
+    ).where(StoredResult.job_id.in_(ids))
+    with transaction(session):
+        rows = session.execute(query).all()
+    return {
+        job_id: ResultSummary(
+            verdict=Verdict.model_validate(verdict) if verdict else None,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+        )
+        for job_id, verdict, learning_rate, batch_size in rows
+    }
 
 
 def _not_found(job_id: str) -> ProblemError:
@@ -176,7 +206,8 @@ def submit(
 
 
 def get_job(session: Session, *, job_id: str, tenant: str) -> JobOut:
-    return job_out(_owned_job(session, job_id, tenant))
+    job = _owned_job(session, job_id, tenant)
+    return job_out(job, _result_summaries(session, [job]).get(job.id))
 
 
 def _encode_token(created_at: datetime, job_id: str, status: str | None) -> str:
@@ -233,7 +264,9 @@ def list_jobs(
         rows = session.scalars(
             query.order_by(Job.created_at.desc(), Job.id.desc()).limit(page_size + 1)
         ).all()
-    jobs = [job_out(job) for job in rows[:page_size]]
+    page = rows[:page_size]
+    summaries = _result_summaries(session, page)
+    jobs = [job_out(job, summaries.get(job.id)) for job in page]
     next_token = None
     if len(rows) > page_size:
         last = rows[page_size - 1]
@@ -322,6 +355,30 @@ def plot_data(session: Session, *, job_id: str, tenant: str) -> PlotData:
     )
     recommendation = None if stored is None else Recommendation.model_validate(stored)
     return PlotData(job.id, job.status, probes, recommendation)
+
+
+def compare_data(session: Session, *, job_ids: Sequence[str], tenant: str) -> list[JobTrajectory]:
+    """The jobs' results for the compare plot, in the order given (404 problem for any id that is
+    not one of the tenant's jobs). One lookup per id (at most plots.MAX_COMPARED), then one query
+    for every result."""
+    jobs = list({job.id: job for job in (_owned_job(session, i, tenant) for i in job_ids)}.values())
+    done = [job.id for job in jobs if job.status == JobStatus.SUCCEEDED]
+    with transaction(session):
+        rows = session.execute(
+            select(StoredResult.job_id, StoredResult.result).where(StoredResult.job_id.in_(done))
+        ).all()
+    results = {job_id: Recommendation.model_validate(result) for job_id, result in rows}
+    return [
+        JobTrajectory(job.id, job.status, results.get(job.id), _spec_title(job.spec))
+        for job in jobs
+    ]
+
+
+def _spec_title(spec: dict[str, Any]) -> str:
+    """`mlp · digits`: what a legend tells jobs apart by, besides their ids."""
+    model = spec.get("model") or {}
+    dataset = spec.get("dataset") or {}
+    return f"{model.get('type', '?')} · {dataset.get('name', '?')}"
 
 
 @dataclass(frozen=True)

@@ -266,6 +266,9 @@ class JobOut(BaseModel):
     error: str | None
     spec: dict[str, Any]
     links: JobLinks
+    # A succeeded job's result in brief, for lists (GET /v1/jobs, and GET /v1/jobs/{id}); null
+    # until it has succeeded. The whole result is at links.recommendation.
+    result: ResultSummary | None = None
 
 
 class JobPage(BaseModel):
@@ -562,6 +565,18 @@ class ProbeOrder(BaseModel):
     layers: list[list[float]]  # per record, per hidden layer (J² or χ_l)
 
 
+class ResultSummary(BaseModel):
+    """A succeeded job's result in brief: the verdict and the two numbers a list shows.
+    `learning_rate` and `batch_size` are null when no configuration reached the edge."""
+
+    verdict: Verdict | None = None  # null only in results stored before verdicts existed
+    learning_rate: float | None = None
+    batch_size: int | None = None
+
+
+JobOut.model_rebuild()  # its `result` names ResultSummary, defined after it
+
+
 __all__ += [
     "Cost",
     "DecayFit",
@@ -575,6 +590,7 @@ __all__ += [
     "ProbeGrowth",
     "ProbeOrder",
     "Recommendation",
+    "ResultSummary",
     "SaturatingDecay",
     "ScalingFit",
     "SGDKwargs",

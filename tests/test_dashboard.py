@@ -299,3 +299,80 @@ def test_a_cancelled_job_looks_ended(browser, server: tuple[str, str]) -> None:
     )
     notes = [n.text for n in driver.find_elements(By.CSS_SELECTOR, ".plot-missing")]
     assert notes and not any("yet" in note for note in notes), notes
+
+
+def test_the_list_shows_results_and_compares_jobs(browser, server: tuple[str, str]) -> None:
+    """Two jobs trained by the real worker: their rows show the recommended η, B and the
+    verdict as the API gives them; ticking both and pressing Compare opens the compare view,
+    which shows their plot."""
+    from selenium.webdriver.common.by import By
+
+    url, key = server
+    headers = {"X-API-Key": key}
+    ids = []
+    for seed in (41, 42):
+        posted = httpx.post(
+            f"{url}/v1/recommendations", json={**SMALL_SPEC, "seed": seed}, headers=headers
+        )
+        assert posted.status_code == 202, posted.text
+        ids.append(posted.json()["id"])
+    deadline = time.monotonic() + WAIT_SECONDS
+    for job_id in ids:
+        while httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["status"] != "succeeded":
+            assert time.monotonic() < deadline, f"job {job_id} did not succeed"
+            time.sleep(0.2)
+    driver = browser
+    driver.get(url + "/")
+    driver.execute_script("localStorage.setItem('edgetune.apiKey', arguments[0])", key)
+    driver.get(url + "/")
+
+    def cells(d, job_id: str) -> list[str] | None:
+        # Read in one script: the list redraws its rows every 2 s.
+        return d.execute_script(
+            "const row = document.querySelector(`#jobs tr[data-id='${arguments[0]}']`);"
+            "return row && ['.lr', '.batch', '.verdict-line'].map("
+            "  (s) => row.querySelector(s) && row.querySelector(s).textContent);",
+            job_id,
+        )
+
+    for job_id in ids:
+        wait_for(driver, lambda d, job_id=job_id: cells(d, job_id), f"job {job_id} not listed")
+        result = httpx.get(f"{url}/v1/jobs/{job_id}/recommendation", headers=headers).json()
+        hyper = result["hyperparameters"]
+        lr, batch, verdict = cells(driver, job_id) or []
+        assert float(lr) == pytest.approx(hyper["learning_rate"], rel=1e-3)  # 4 digits shown
+        assert int(batch) == hyper["batch_size"]
+        assert verdict == result["verdict"]["message"]
+    # Nothing picked yet: nothing to compare.
+    assert not driver.find_element(By.ID, "compare-button").is_enabled()
+
+    for job_id in ids:
+        driver.execute_script(
+            "document.querySelector(`#jobs tr[data-id='${arguments[0]}'] input.pick`).click()",
+            job_id,
+        )
+    wait_for(
+        driver,
+        lambda d: d.find_element(By.ID, "compare-button").is_enabled(),
+        "the compare button stayed disabled with two jobs picked",
+    )
+    driver.find_element(By.ID, "compare-button").click()
+    wait_for(driver, lambda d: "/compare?jobs=" in d.current_url, "compare did not open")
+    assert set(driver.current_url.split("jobs=", 1)[1].replace("%2C", ",").split(",")) == set(ids)
+    wait_for(
+        driver,
+        lambda d: (
+            d.execute_script(
+                "const img = document.getElementById('compare-plot');"
+                "return img.complete && img.naturalWidth;"
+            )
+            == 800
+        ),
+        "the compare plot did not load",
+        timeout=30,
+    )
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#compare-jobs tbody tr')].map(r => r.dataset.id)"
+    )
+    assert sorted(rows) == sorted(ids)
+    assert not visible(driver, "#error") and not visible(driver, ".plot-missing")

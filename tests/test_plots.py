@@ -1,8 +1,11 @@
-"""The plots (app/plots.py) of a real job, served at /v1/jobs/{id}/plots/{name}, and the CLI's
-`plots` and `reproduce` commands through the installed `edgetune` entry point.
+"""The plots (app/plots.py) of a real job, served at /v1/jobs/{id}/plots/{name}, the compare
+plot of several jobs at /v1/plots/order, and the CLI's `plots` and `reproduce` commands through
+the installed `edgetune` entry point.
 
-One small job (synthetic data, verification on) is run by the real worker against a live server;
-every plot must come back as a valid PNG (800×500, Pillow opens it) and SVG (an <svg> document).
+One small job (synthetic data, verification on) is run by the real worker against a live server,
+and a second one for the compare plot; every plot must come back as a valid PNG (800×500, Pillow
+opens it) and SVG (an <svg> document). The job list's result summary (what the dashboard lists)
+is checked against those real results, on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,32 +29,50 @@ from app.config import Settings
 from app.db import upgrade
 from app.schemas import PLOT_NAMES, ProbeList, Recommendation
 from edgetune_cli.main import reproduce_script
-from tests.helpers import SMALL_SPEC, api_key, live_server
+from tests.helpers import SMALL_SPEC, api_key, assert_problem, live_server
 
 EDGETUNE = Path(sys.executable).parent / "edgetune"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, str]]:
-    """A live server with one finished job (verified), and a client holding an API key."""
-    from worker.main import run_worker  # torch: only the worker side imports it
-
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     path = tmp_path_factory.mktemp("plots")
     settings = Settings(
         database_url=f"sqlite:///{path / 'edgetune.db'}", data_dir=path, data_root=str(path)
     )
     upgrade(settings)
+    return settings
+
+
+def run_job(client: httpx.Client, settings: Settings, spec: dict) -> str:
+    """Submit `spec` and run the real worker on it to the end; the job's id."""
+    from worker.main import run_worker  # torch: only the worker side imports it
+
+    job_id = str(client.post("/v1/recommendations", json=spec).json()["id"])
+    worker = threading.Thread(
+        target=run_worker, args=(settings,), kwargs={"device": "cpu", "once": True}
+    )
+    worker.start()
+    worker.join(timeout=120)
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+    return job_id
+
+
+@pytest.fixture(scope="module")
+def server(settings: Settings) -> Iterator[tuple[httpx.Client, str]]:
+    """A live server with one finished job (verified), and a client holding an API key."""
     headers = api_key(settings)
     with live_server(settings) as url, httpx.Client(base_url=url, headers=headers) as client:
-        response = client.post("/v1/recommendations", json={**SMALL_SPEC, "verify": True})
-        job_id = response.json()["id"]
-        worker = threading.Thread(
-            target=run_worker, args=(settings,), kwargs={"device": "cpu", "once": True}
-        )
-        worker.start()
-        worker.join(timeout=120)
-        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
-        yield client, job_id
+        yield client, run_job(client, settings, {**SMALL_SPEC, "verify": True})
+
+
+@pytest.fixture(scope="module")
+def second_job(server: tuple[httpx.Client, str], settings: Settings) -> str:
+    """Another finished job of the same server (not verified, a longer budget): its id."""
+    client, _ = server
+    return run_job(
+        client, settings, {**SMALL_SPEC, "seed": 3, "budget": {"epochs": 8, "probe_fraction": 1.0}}
+    )
 
 
 def check_png(body: bytes) -> None:
@@ -179,3 +201,131 @@ def test_cli_reproduce_runs_the_benchmark_script() -> None:
     else:
         assert done.returncode == 1
         assert "reproduce_paper.py is missing" in done.stderr
+
+
+# --- the compare plot: several jobs' trajectories on one plot ------------------------------
+
+
+def compare(client: httpx.Client, *ids: str, **params: str) -> httpx.Response:
+    return client.get("/v1/plots/order", params={"jobs": ",".join(ids), **params})
+
+
+def test_compare_plot_of_two_real_jobs_as_png_and_svg(
+    server: tuple[httpx.Client, str], second_job: str
+) -> None:
+    client, first = server
+    png = compare(client, first, second_job)
+    assert png.status_code == 200, png.text
+    assert png.headers["content-type"] == "image/png"
+    check_png(png.content)
+    svg = compare(client, first, second_job, format="svg")
+    assert svg.headers["content-type"].startswith("image/svg+xml")
+    check_svg(svg.content)
+    # Unique starts of ids are as good as ids, and one job named twice is drawn once.
+    again = compare(client, first[:8], second_job, first)
+    assert again.status_code == 200 and again.content == png.content
+
+
+def test_compare_plot_draws_each_jobs_own_trajectory(
+    server: tuple[httpx.Client, str], second_job: str
+) -> None:
+    """Built from what the API serves of two real jobs: one solid line per job through its
+    predicted trajectory, the verified job's measured one dotted beside it, and the edge."""
+    client, first = server
+    jobs = []
+    for job_id in (first, second_job):
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        result = Recommendation.model_validate(
+            client.get(f"/v1/jobs/{job_id}/recommendation").json()
+        )
+        jobs.append(plots.JobTrajectory(job_id, job["status"], result, "mlp · synthetic"))
+    ax = plots.plot_compare(jobs).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    for job in jobs:
+        assert job.recommendation is not None and job.recommendation.edge.predicted_trajectory
+        label = next(label for label in lines if label.startswith(job.job_id[:8]))
+        assert "mlp · synthetic" in label and "η=" in label and "B=" in label
+        predicted = job.recommendation.edge.predicted_trajectory
+        assert list(lines[label].get_xdata()) == predicted.epoch
+        assert list(lines[label].get_ydata()) == predicted.value
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    verification = jobs[0].recommendation.verification  # only the first job was verified
+    assert verification is not None
+    assert [list(line.get_ydata()) for line in dotted] == [verification.trajectory.measured]
+    assert "edge of chaos (= 1)" in lines
+    # A job with nothing to show is named on the plot instead of failing it.
+    queued = plots.JobTrajectory("f" * 32, "queued", None, "mlp · synthetic")
+    texts = [t.get_text() for t in plots.plot_compare([*jobs, queued]).axes[0].texts]
+    assert any("ffffffff (queued, no recommendation)" in text for text in texts), texts
+    with pytest.raises(plots.PlotUnavailable, match="queued"):
+        plots.plot_compare([queued])
+
+
+def test_compare_plot_problems(
+    server: tuple[httpx.Client, str], settings: Settings, second_job: str
+) -> None:
+    client, first = server
+    unknown = compare(client, first, uuid.uuid4().hex)
+    assert_problem(unknown, 404, detail="no job")
+    too_many = compare(client, *(uuid.uuid4().hex for _ in range(plots.MAX_COMPARED + 1)))
+    body = assert_problem(too_many, 422, detail="jobs")
+    assert body["errors"][0]["field"] == "jobs"
+    assert_problem(compare(client, " , "), 422, detail="1 to 10")
+    assert_problem(client.get("/v1/plots/order"), 422)  # no ?jobs= at all
+    assert_problem(compare(client, first, format="gif"), 400, detail="png or svg")
+    # Another tenant's job is no job of yours.
+    other = api_key(settings, tenant="someone-else")
+    assert_problem(client.get("/v1/plots/order", params={"jobs": first}, headers=other), 404)
+    # Only jobs without a recommended run: nothing to draw yet.
+    queued = client.post("/v1/recommendations", json={**SMALL_SPEC, "seed": 77}).json()["id"]
+    try:
+        assert_problem(compare(client, queued), 409, detail="queued")
+        assert compare(client, queued, second_job).status_code == 200
+    finally:
+        client.post(f"/v1/jobs/{queued}/cancel")
+    # Documented: the parameters and the problem responses.
+    operation = client.get("/openapi.json").json()["paths"]["/v1/plots/order"]["get"]
+    assert {p["name"] for p in operation["parameters"]} == {"jobs", "format"}
+    assert {"200", "404", "409", "422"} <= set(operation["responses"])
+
+
+# --- the job list's result summary (what the dashboard lists for each finished job) --------
+
+
+def test_the_job_list_carries_each_results_verdict_and_numbers(
+    server: tuple[httpx.Client, str], db_settings: Settings
+) -> None:
+    """A real result (the module's finished job's) stored for a job of a fresh database by the
+    queue's own `complete`: GET /v1/jobs and GET /v1/jobs/{id} carry its verdict, learning rate
+    and batch size; a queued job has none; OpenAPI documents the field."""
+    from app.db import make_engine, session_factory
+    from app.queue import claim, complete
+
+    source, finished = server
+    result = source.get(f"/v1/jobs/{finished}/recommendation").json()
+    headers = api_key(db_settings)
+    with (
+        live_server(db_settings) as url,
+        httpx.Client(base_url=url, headers=headers) as client,
+    ):
+        done = client.post("/v1/recommendations", json=SMALL_SPEC).json()["id"]
+        engine = make_engine(db_settings)
+        try:
+            with session_factory(engine)() as session:
+                assert claim(session, worker_id="w1", lease_seconds=60) is not None
+                assert complete(session, done, worker_id="w1", result=result)
+        finally:
+            engine.dispose()
+        queued = client.post("/v1/recommendations", json={**SMALL_SPEC, "seed": 9}).json()["id"]
+        listed = {job["id"]: job for job in client.get("/v1/jobs").json()["jobs"]}
+        expected = {
+            "verdict": result["verdict"],
+            "learning_rate": result["hyperparameters"]["learning_rate"],
+            "batch_size": result["hyperparameters"]["batch_size"],
+        }
+        assert listed[done]["result"] == expected
+        assert listed[queued]["result"] is None
+        assert client.get(f"/v1/jobs/{done}").json()["result"] == expected
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+        assert "ResultSummary" in str(schema["JobOut"]["properties"]["result"])
+        assert set(schema["ResultSummary"]["properties"]) == set(expected)

@@ -8,6 +8,8 @@ const KEY_STORAGE = "edgetune.apiKey";
 const POLL_MS = 2000;
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 const PLOTS = ["order", "collapse", "growth", "trajectory"];
+// The most jobs one compare plot takes (app/plots.py MAX_COMPARED).
+const MAX_COMPARED = 10;
 const EXAMPLE_SPEC = `# A seconds-long job: scikit-learn's 8×8 digits, a small tanh MLP, every knob free.
 model: {type: mlp, hidden: [64], activation: tanh, init: {scheme: edge, J: 0.5}}
 dataset: {name: digits}
@@ -120,6 +122,43 @@ function navigate(path) {
 // The list shows this many pages of LIST_PAGE_SIZE jobs, newest first; "older jobs" adds one.
 const LIST_PAGE_SIZE = 50;
 let listPages = 1;
+// Jobs picked for the compare view, by id: kept here because every refresh redraws the rows.
+const picked = new Set();
+
+// η, B and the verdict of a succeeded job (its `result` summary); empty cells otherwise.
+function resultCells(job) {
+  const result = job.result;
+  if (!result) return [el("span", ""), el("span", ""), el("span", "")];
+  const verdict = result.verdict || { action: "", message: "–" };
+  return [
+    el("span", fmt(result.learning_rate), "lr"),
+    el("span", fmt(result.batch_size), "batch"),
+    el("span", verdict.message, `verdict-line ${verdict.action}`),
+  ];
+}
+
+function pickBox(job) {
+  const box = el("input");
+  box.type = "checkbox";
+  box.className = "pick";
+  box.checked = picked.has(job.id);
+  box.title = "compare this job";
+  box.addEventListener("change", () => {
+    if (box.checked) picked.add(job.id);
+    else picked.delete(job.id);
+    showPicked();
+  });
+  return box;
+}
+
+function showPicked() {
+  const n = picked.size;
+  const button = $("#compare-button");
+  button.disabled = n < 2 || n > MAX_COMPARED;
+  button.textContent = n ? `Compare selected (${n})` : "Compare selected";
+  $("#compare-hint").textContent = n > MAX_COMPARED ? `at most ${MAX_COMPARED} jobs at once`
+    : n < 2 ? "pick two or more jobs to compare their order-parameter trajectories" : "";
+}
 
 async function refreshList() {
   const jobs = [];
@@ -146,12 +185,14 @@ async function refreshList() {
     bar.max = 1;
     bar.value = progress.fraction || 0;
     const cells = [
+      pickBox(job),
       link,
       statusBadge(job.status),
       el("span", progress.phase || ""),
       bar,
       el("span", `${progress.probes_done || 0}/${progress.probes_total || 0}`),
       el("span", TERMINAL.includes(job.status) ? "" : eta(progress.eta_seconds)),
+      ...resultCells(job),
       el("span", specSummary(job.spec || {})),
       el("span", new Date(job.created_at).toLocaleString()),
     ];
@@ -165,6 +206,7 @@ async function refreshList() {
   $("#jobs-empty").hidden = jobs.length > 0;
   $("#jobs-count").textContent = jobs.length ? `${jobs.length} jobs shown` : "";
   $("#jobs-more").hidden = !token;
+  showPicked();
 }
 
 async function submitSpec(event) {
@@ -290,8 +332,14 @@ async function loadPlot(jobId, name) {
     const note = el("div", error.problem ? error.problem.detail : String(error), "plot-missing");
     figure.prepend(note);
   }
-  const links = figure.querySelector(".links");
+  downloadLinks(figure.querySelector(".links"), `/v1/jobs/${jobId}/plots/${name}`,
+    `${jobId}-${name}`);
+}
+
+// PNG and SVG links for the plot at `path` (?format= added), saved as `stem`.png / .svg.
+function downloadLinks(links, path, stem) {
   links.replaceChildren();
+  const sep = path.includes("?") ? "&" : "?";
   for (const format of ["png", "svg"]) {
     // Downloaded through fetch too (the key is a header), then saved from a blob.
     const link = el("a", format.toUpperCase());
@@ -299,10 +347,10 @@ async function loadPlot(jobId, name) {
     link.addEventListener("click", async (event) => {
       event.preventDefault();
       try {
-        const blob = await (await api(`/v1/jobs/${jobId}/plots/${name}?format=${format}`)).blob();
+        const blob = await (await api(`${path}${sep}format=${format}`)).blob();
         const save = el("a");
         save.href = URL.createObjectURL(blob);
-        save.download = `${jobId}-${name}.${format}`;
+        save.download = `${stem}.${format}`;
         save.click();
       } catch (error) {
         showError(error);
@@ -358,6 +406,65 @@ async function refreshJob(jobId) {
   return job;
 }
 
+// --- several jobs compared ----------------------------------------------------------------
+
+let compareUrl = null;
+let shownCompare = null;
+
+function comparedIds() {
+  const ids = new URLSearchParams(location.search).get("jobs") || "";
+  return ids.split(",").filter(Boolean);
+}
+
+// The jobs' rows and the plot; the plot is fetched again only when a job's status changed
+// (it shows results, which only a finished job adds). True while a job has not ended.
+async function refreshCompare() {
+  const ids = comparedIds();
+  const jobs = await Promise.all(ids.map(async (id) => (await api(`/v1/jobs/${id}`)).json()));
+  const body = $("#compare-jobs tbody");
+  body.replaceChildren();
+  for (const job of jobs) {
+    const link = el("a", job.id.slice(0, 12));
+    link.href = `/jobs/${job.id}`;
+    link.dataset.nav = "";
+    const row = el("tr");
+    row.dataset.id = job.id;
+    for (const content of [link, statusBadge(job.status), ...resultCells(job),
+      el("span", specSummary(job.spec || {}))]) {
+      const cell = el("td");
+      cell.append(content);
+      row.append(cell);
+    }
+    body.append(row);
+  }
+  const statuses = jobs.map((job) => job.status).join(",");
+  if (statuses !== shownCompare) {
+    shownCompare = statuses;
+    await loadComparePlot(ids.join(","));
+  }
+  return jobs.some((job) => !TERMINAL.includes(job.status));
+}
+
+async function loadComparePlot(ids) {
+  const img = $("#compare-plot");
+  const figure = img.parentElement;
+  figure.querySelector(".plot-missing")?.remove();
+  const path = `/v1/plots/order?jobs=${encodeURIComponent(ids)}`;
+  try {
+    const blob = await (await api(`${path}&format=png`)).blob();
+    if (compareUrl) URL.revokeObjectURL(compareUrl);
+    compareUrl = URL.createObjectURL(blob);
+    img.src = compareUrl;
+    img.hidden = false;
+    img.onclick = () => window.open(compareUrl, "_blank");
+  } catch (error) {
+    img.hidden = true;
+    img.removeAttribute("src");
+    figure.prepend(el("div", error.problem ? error.problem.detail : String(error), "plot-missing"));
+  }
+  downloadLinks($("#compare-links"), path, "compare");
+}
+
 // --- routing and polling -----------------------------------------------------------------
 
 async function tick() {
@@ -368,6 +475,8 @@ async function tick() {
     if (match) {
       const job = await refreshJob(decodeURIComponent(match[1]));
       again = !TERMINAL.includes(job.status);
+    } else if (location.pathname === "/compare") {
+      again = await refreshCompare();
     } else {
       await refreshList();
     }
@@ -381,9 +490,12 @@ async function tick() {
 
 function route() {
   const onJob = /^\/jobs\/[^/]+$/.test(location.pathname);
-  $("#list-view").hidden = onJob;
+  const onCompare = location.pathname === "/compare";
+  $("#list-view").hidden = onJob || onCompare;
   $("#job-view").hidden = !onJob;
+  $("#compare-view").hidden = !onCompare;
   shownJob = { id: null, status: null, probes: -1 };
+  shownCompare = null;
   tick();
 }
 
@@ -399,6 +511,9 @@ function init() {
   });
   window.addEventListener("popstate", route);
   $("#submit-form").addEventListener("submit", submitSpec);
+  $("#compare-button").addEventListener("click", () => {
+    navigate(`/compare?jobs=${[...picked].join(",")}`);
+  });
   $("#jobs-more").addEventListener("click", async () => {
     listPages += 1;
     await refreshList();
