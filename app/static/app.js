@@ -420,7 +420,8 @@ function comparedIds() {
 // (it shows results, which only a finished job adds). True while a job has not ended.
 async function refreshCompare() {
   const ids = comparedIds();
-  const jobs = await Promise.all(ids.map(async (id) => (await api(`/v1/jobs/${id}`)).json()));
+  const jobs = await Promise.all(
+    ids.map(async (id) => (await api(`/v1/jobs/${encodeURIComponent(id)}`)).json()));
   const body = $("#compare-jobs tbody");
   body.replaceChildren();
   for (const job of jobs) {
