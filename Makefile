@@ -9,11 +9,14 @@ EXTRAS ?= server,worker,dev,benchmarks
 
 .PHONY: install test lint demo serve
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml tests/plugins/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	# The tests' plugin package (a model and datasets registered as entry points, as a user's own
+	# package would): tests/test_plugins.py runs them through the API and a worker.
+	$(BIN)/pip install --quiet -e tests/plugins
 	touch $@
 
 install: $(VENV)/.installed

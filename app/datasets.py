@@ -16,8 +16,8 @@ IDX_FILES = (
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 )
-# Datasets that need no file: generated or shipped inside a package.
-BUILTIN_DATASETS = ("digits", "synthetic")
+# Datasets that need no file: generated or shipped inside a package (a plugin reads its own).
+BUILTIN_DATASETS = ("digits", "synthetic", "plugin")
 
 
 class DatasetPathError(ValueError):

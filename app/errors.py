@@ -22,6 +22,8 @@ PROBLEM_TYPES: dict[str, str] = {
     "validation-failed": "The request's fields are invalid; `errors` names each field and why.",
     "spec-rejected": "The spec is valid but too big for this server's limits, or could not run "
     "(data missing, a model that cannot be built on this data); `errors` names the field.",
+    "plugin-unknown": "The spec names a model or dataset plugin that no worker has advertised; "
+    "`errors` names the field and lists the plugins the workers have.",
     "invalid-body": "The body is not valid JSON or YAML, or repeats a key.",
     "empty-body": "The request needs a body (the spec, as JSON or YAML).",
     "unsupported-media-type": "Send the spec as application/json or application/yaml.",

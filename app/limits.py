@@ -23,6 +23,7 @@ from app.schemas import (
     DatasetSpec,
     MLPSpec,
     ModelSpec,
+    PluginModelSpec,
     RecommendationSpec,
     known_shape,
 )
@@ -94,6 +95,8 @@ def parameter_count(model: ModelSpec, input_shape: tuple[int, ...], num_classes:
             total += features * h + (h if model.hidden_bias else 0)
             features = h
         return total + features * num_classes + (num_classes if model.output_bias else 0)
+    if isinstance(model, PluginModelSpec):
+        raise ShapeError("model", "a plugin model's size is known only in a worker")
     count = torchvision_parameters(model.name, model.num_classes or num_classes)
     if count is None:
         raise ShapeError("model.name", _unknown_torchvision(model.name))
@@ -140,6 +143,9 @@ def data_shape(spec: DatasetSpec, path: Path | None) -> DataShape:
     known = known_shape(spec)
     if known is not None:
         return DataShape(*known, FIXED_TRAIN_SAMPLES.get(spec.name))
+    if spec.name == "plugin":
+        # The API never imports a plugin: what its data looks like is known only in a worker.
+        return DataShape(None, 2, None)
     assert path is not None
     if spec.name == "npz":
         x_shape = npy_shape(path, "x")
@@ -211,18 +217,28 @@ def check_spec(spec: RecommendationSpec, settings: Settings) -> list[Violation]:
                     "limit",
                 )
             )
+    return problems + _model_problems(spec, shape, settings)
+
+
+def _model_problems(
+    spec: RecommendationSpec, shape: DataShape, settings: Settings
+) -> list[Violation]:
+    """The model's size against the limits on this data, where the API can know it."""
     input_shape = shape.input_shape
+    if isinstance(spec.model, PluginModelSpec):
+        # The API never imports a plugin: its size is known only once a worker builds it.
+        return [] if input_shape is None else memory_problems(spec, shape, input_shape, settings)
     if input_shape is None:
         # image-folder without image_size: the image size is only known once loaded. The count
         # of a torchvision model does not depend on it.
         if spec.model.type != "torchvision":
-            return problems
+            return []
         input_shape = (3, 224, 224)
     try:
         count = parameter_count(spec.model, input_shape, shape.num_classes)
     except ShapeError as exc:
-        problems.append(Violation(exc.field, exc.message, "model"))
-        return problems
+        return [Violation(exc.field, exc.message, "model")]
+    problems = []
     if count > settings.max_parameters:
         problems.append(
             Violation(

@@ -126,6 +126,10 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The plugins the job needs (entry-point names; None: none): a worker claims only the jobs
+    # whose plugins it has (app/queue.py claim).
+    model_plugin: Mapped[str | None] = mapped_column(String(100))
+    dataset_plugin: Mapped[str | None] = mapped_column(String(100))
 
 
 class Probe(Base):
@@ -215,3 +219,20 @@ class WebhookDelivery(Base):
     history: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Worker(Base):
+    """What one worker process can run, as it advertised on start and with every heartbeat
+    (app/fleet.py); the API checks plugin specs against the live ones."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # worker.main.new_worker_id
+    # Entry-point name → "distribution version", per group (edgetune.models, edgetune.datasets).
+    models: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    datasets: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    device: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Live: seen within a lease, and not stopped.
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

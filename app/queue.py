@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -114,9 +114,11 @@ def create_job(
     tenant: str = "default",
     idempotency_key: str | None = None,
     max_attempts: int = 3,
+    progress: dict[str, Any] | None = None,
 ) -> tuple[Job, bool]:
     """Queue a job; returns (job, created). A repeated Idempotency-Key with the same spec returns
-    the first job and created=False; with another spec it raises IdempotencyConflict."""
+    the first job and created=False; with another spec it raises IdempotencyConflict. The
+    plugins the spec names are kept in columns of their own, for `claim` to match."""
     digest = spec_hash(spec)
 
     def existing() -> Job | None:
@@ -144,9 +146,11 @@ def create_job(
                 attempts=0,
                 max_attempts=max_attempts,
                 cancel_requested=False,
-                progress={},
+                progress=progress or {},
                 created_at=now,
                 updated_at=now,
+                model_plugin=_plugin(spec, "model", "type", "name"),
+                dataset_plugin=_plugin(spec, "dataset", "name", "plugin"),
             )
             session.add(job)
     except IntegrityError:
@@ -157,6 +161,12 @@ def create_job(
             raise
         return found, False
     return job, True
+
+
+def _plugin(spec: dict[str, Any], part: str, tag: str, key: str) -> str | None:
+    """The entry-point name of the spec's model or dataset plugin, if it names one."""
+    value = spec.get(part) or {}
+    return str(value[key]) if value.get(tag) == "plugin" else None
 
 
 def request_cancel(session: Session, job_id: str, tenant: str | None = None) -> Job | None:
@@ -182,11 +192,23 @@ def request_cancel(session: Session, job_id: str, tenant: str | None = None) -> 
     return get_job(session, job_id, tenant)
 
 
-def claim(session: Session, *, worker_id: str, lease_seconds: float) -> Job | None:
-    """Take the oldest queued job: running, attempts + 1, leased to `worker_id`."""
+def claim(
+    session: Session,
+    *,
+    worker_id: str,
+    lease_seconds: float,
+    models: Collection[str] = (),
+    datasets: Collection[str] = (),
+) -> Job | None:
+    """Take the oldest queued job that needs no plugin but `models` and `datasets` (the worker's):
+    running, attempts + 1, leased to `worker_id`."""
     oldest_queued = (
         select(Job.id)
-        .where(Job.status == JobStatus.QUEUED)
+        .where(
+            Job.status == JobStatus.QUEUED,
+            or_(Job.model_plugin.is_(None), Job.model_plugin.in_(list(models))),
+            or_(Job.dataset_plugin.is_(None), Job.dataset_plugin.in_(list(datasets))),
+        )
         .order_by(Job.created_at, Job.id)
         .limit(1)
     )

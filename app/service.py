@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from app import queue, webhooks
+from app import fleet, queue, webhooks
 from app.config import Settings
 from app.errors import ProblemError, database_unavailable
 from app.limits import check_spec
@@ -157,6 +157,21 @@ def _field_problem(status: int, field: str, message: str, kind: str) -> ProblemE
     )
 
 
+def _check_plugins(session: Session, spec: RecommendationSpec, settings: Settings) -> str | None:
+    """The 422 problem for a plugin no worker advertises; else why the job will wait (None: a
+    live worker has its plugins, or it needs none)."""
+    check = fleet.check_plugins(session, spec, settings.lease_seconds)
+    if check.unknown:
+        raise ProblemError(
+            422,
+            "Spec names a plugin no worker has",
+            "; ".join(f"{field}: {message}" for field, message in check.unknown),
+            "plugin-unknown",
+            errors=[{"field": f, "message": m, "type": "plugin"} for f, m in check.unknown],
+        )
+    return check.waiting
+
+
 def submit(
     session: Session,
     *,
@@ -186,6 +201,7 @@ def submit(
             "spec-rejected",
             errors=[{"field": v.field, "message": v.message, "type": v.type} for v in violations],
         )
+    waiting = _check_plugins(session, spec, settings)
     try:
         job, created = queue.create_job(
             session,
@@ -193,6 +209,7 @@ def submit(
             tenant=tenant,
             idempotency_key=idempotency_key,
             max_attempts=settings.max_attempts,
+            progress=None if waiting is None else {"phase": "queued", "message": waiting},
         )
     except queue.IdempotencyConflict as exc:
         raise ProblemError(

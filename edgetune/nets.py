@@ -19,11 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import replace_all_batch_norm_modules_
 
+from edgetune import plugins
 from edgetune.schemas import (
+    MODEL_PLUGINS,
     CNNSpec,
     InitSpec,
     MLPSpec,
     ModelSpec,
+    PluginModelSpec,
     RecommendationSpec,
     TorchvisionSpec,
     known_shape,
@@ -281,39 +284,62 @@ class TorchvisionNet(nn.Module):
         return out
 
     def layer_infos(self) -> list[LayerInfo]:
-        weighted = [
-            (name, m) for name, m in self.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)
-        ]
-        infos = []
-        # The last Linear is the read-out, not part of the iterated map.
-        for i, (name, m) in enumerate(weighted[:-1]):
-            if isinstance(m, nn.Conv2d):
-                fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-                infos.append(
-                    LayerInfo(
-                        i,
-                        f"{name}.weight",
-                        "conv",
-                        fan_in,
-                        m.out_channels,
-                        None,
-                        m.in_channels == m.out_channels and _conv_keeps_size(m),
-                    )
+        return foreign_layer_infos(self)
+
+
+class PluginNet(nn.Module):
+    """A plugin's module (an `edgetune.models` entry point), as the probes train it: BatchNorm
+    layers on batch statistics. Its hidden layers are its Linear and Conv2d layers in module
+    order, the last its read-out, as for torchvision models."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.net(x)
+        return out
+
+    def layer_infos(self) -> list[LayerInfo]:
+        return foreign_layer_infos(self)
+
+
+def foreign_layer_infos(model: nn.Module) -> list[LayerInfo]:
+    """The hidden layers of a module edgetune did not build: every Linear and Conv2d in module
+    order but the last (the read-out); their activations are unknown."""
+    weighted = [
+        (name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)
+    ]
+    infos = []
+    # The last Linear is the read-out, not part of the iterated map.
+    for i, (name, m) in enumerate(weighted[:-1]):
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            infos.append(
+                LayerInfo(
+                    i,
+                    f"{name}.weight",
+                    "conv",
+                    fan_in,
+                    m.out_channels,
+                    None,
+                    m.in_channels == m.out_channels and _conv_keeps_size(m),
                 )
-            else:
-                assert isinstance(m, nn.Linear)
-                infos.append(
-                    LayerInfo(
-                        i,
-                        f"{name}.weight",
-                        "linear",
-                        m.in_features,
-                        m.out_features,
-                        None,
-                        m.in_features == m.out_features,
-                    )
+            )
+        else:
+            assert isinstance(m, nn.Linear)
+            infos.append(
+                LayerInfo(
+                    i,
+                    f"{name}.weight",
+                    "linear",
+                    m.in_features,
+                    m.out_features,
+                    None,
+                    m.in_features == m.out_features,
                 )
-        return infos
+            )
+    return infos
 
 
 _AUX_LOGIT_MODELS = ("googlenet", "inception_v3")
@@ -375,12 +401,38 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int)
         return _build_mlp(spec, input_shape, num_classes)
     if isinstance(spec, CNNSpec):
         return _build_cnn(spec, input_shape, num_classes)
+    if isinstance(spec, PluginModelSpec):
+        return _build_plugin(spec, input_shape, num_classes)
     classes = spec.num_classes or num_classes
     return _build_torchvision(spec, input_shape, classes)
 
 
+def _build_plugin(
+    spec: PluginModelSpec, input_shape: tuple[int, ...], num_classes: int
+) -> PluginNet:
+    """The plugin's factory, looked up in the edgetune.models group only, called with the spec's
+    JSON kwargs."""
+    try:
+        factory = plugins.load(MODEL_PLUGINS, spec.name)
+    except plugins.PluginNotFound as exc:
+        raise SpecError("model.name", str(exc)) from exc
+    try:
+        net = factory(input_shape=tuple(input_shape), num_classes=num_classes, **spec.kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SpecError("model.kwargs", f"plugin {spec.name!r} refused them: {exc}") from exc
+    if not isinstance(net, nn.Module):
+        raise SpecError(
+            "model.name", f"plugin {spec.name!r} returned {type(net).__name__}, not a torch module"
+        )
+    model = PluginNet(net)
+    # The probes train batch statistics (vmap cannot update running averages); the plugin's
+    # module is then trained that way wherever it is built, by a probe or by a pipeline.
+    replace_all_batch_norm_modules_(model)
+    return model
+
+
 def layer_infos(model: nn.Module) -> list[LayerInfo]:
-    if isinstance(model, EdgeNet | TorchvisionNet):
+    if isinstance(model, EdgeNet | TorchvisionNet | PluginNet):
         return model.layer_infos()
     raise TypeError(f"not an edgetune model: {type(model).__name__}")
 

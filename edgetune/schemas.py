@@ -21,8 +21,10 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
     StrictBool,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -99,6 +101,25 @@ class TorchvisionSpec(Strict):
     num_classes: int | None = Field(None, strict=True, ge=2, le=100_000)
 
 
+# An entry-point name (the packaging spec allows more; this is what a spec may name).
+PLUGIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# The entry-point groups workers load plugins from, and nothing else (edgetune/plugins.py).
+MODEL_PLUGINS = "edgetune.models"
+DATASET_PLUGINS = "edgetune.datasets"
+PluginName = Annotated[str, Field(min_length=1, max_length=100, pattern=PLUGIN_NAME)]
+# Keyword arguments for a plugin: JSON values only (no code, no pickles), a few kB at most.
+PluginKwargs = Annotated[dict[str, JsonValue], Field(default_factory=dict, max_length=64)]
+
+
+class PluginModelSpec(Strict):
+    """A model from an installed package's `edgetune.models` entry point `name`, built in a
+    worker as `build(input_shape=..., num_classes=..., **kwargs)`. The API never imports it."""
+
+    type: Literal["plugin"] = "plugin"
+    name: PluginName
+    kwargs: PluginKwargs
+
+
 def _model_type(value: Any) -> str:
     """The `type` tag of a model spec; a spec without one is an MLP (the default model)."""
     if isinstance(value, dict):
@@ -109,15 +130,18 @@ def _model_type(value: Any) -> str:
 ModelSpec = Annotated[
     Annotated[MLPSpec, Tag("mlp")]
     | Annotated[CNNSpec, Tag("cnn")]
-    | Annotated[TorchvisionSpec, Tag("torchvision")],
+    | Annotated[TorchvisionSpec, Tag("torchvision")]
+    | Annotated[PluginModelSpec, Tag("plugin")],
     Discriminator(
         _model_type,
         custom_error_type="model_type_unknown",
-        custom_error_message="model.type must be one of 'mlp', 'cnn', 'torchvision'",
+        custom_error_message="model.type must be one of 'mlp', 'cnn', 'torchvision', 'plugin'",
     ),
 ]
 
-DatasetName = Literal["fashion-mnist", "mnist", "digits", "npz", "image-folder", "synthetic"]
+DatasetName = Literal[
+    "fashion-mnist", "mnist", "digits", "npz", "image-folder", "synthetic", "plugin"
+]
 
 
 class DatasetSpec(Strict):
@@ -135,6 +159,26 @@ class DatasetSpec(Strict):
     synthetic_samples: int = Field(2048, strict=True, ge=16, le=1_000_000)
     synthetic_features: int = Field(32, strict=True, ge=1, le=65_536)
     synthetic_classes: int = Field(4, strict=True, ge=2, le=1000)
+    # name "plugin" only: the `edgetune.datasets` entry point, and its keyword arguments.
+    plugin: PluginName | None = Field(None, validate_default=True)
+    kwargs: PluginKwargs
+
+    @field_validator("plugin")
+    @classmethod
+    def _plugin_named(cls, v: str | None, info: ValidationInfo) -> str | None:
+        is_plugin = info.data.get("name") == "plugin"
+        if is_plugin and v is None:
+            raise ValueError("dataset.name 'plugin' needs dataset.plugin (an entry point name)")
+        if not is_plugin and v is not None:
+            raise ValueError("dataset.plugin needs dataset.name 'plugin'")
+        return v
+
+    @field_validator("kwargs")
+    @classmethod
+    def _plugin_kwargs(cls, v: dict[str, JsonValue], info: ValidationInfo) -> dict[str, JsonValue]:
+        if v and info.data.get("name") != "plugin":
+            raise ValueError("dataset.kwargs needs dataset.name 'plugin'")
+        return v
 
     @field_validator("path")
     @classmethod
@@ -244,6 +288,8 @@ class Progress(BaseModel):
     probes_total: int = 0
     fraction: float = 0.0
     eta_seconds: float | None = None
+    # Why a queued job waits, when it is not just its turn (no live worker has its plugins).
+    message: str | None = None
 
 
 class JobLinks(BaseModel):
@@ -336,7 +382,10 @@ __all__ = [
     "MAX_WIDTH",
     "MLPSpec",
     "ModelSpec",
+    "DATASET_PLUGINS",
+    "MODEL_PLUGINS",
     "OptimizerSpec",
+    "PluginModelSpec",
     "ProbeList",
     "ProbeOut",
     "Problem",
@@ -602,7 +651,7 @@ __all__ += [
 ]
 
 # The tags of the model union, which pydantic puts into error locations (model.mlp.hidden).
-MODEL_TAGS = ("mlp", "cnn", "torchvision")
+MODEL_TAGS = ("mlp", "cnn", "torchvision", "plugin")
 
 
 def spec_field(loc: tuple[Any, ...] | list[Any]) -> str:

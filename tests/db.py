@@ -55,8 +55,8 @@ def empty_postgres(url: str) -> None:
         with engine.begin() as conn:
             conn.execute(
                 text(
-                    "TRUNCATE webhook_deliveries, api_keys, tenants, recommendations, probes, "
-                    "jobs CASCADE"
+                    "TRUNCATE workers, webhook_deliveries, api_keys, tenants, recommendations, "
+                    "probes, jobs CASCADE"
                 )
             )
     finally:

@@ -146,6 +146,7 @@ def test_post_returns_202_with_location_and_the_job(client: httpx.Client) -> Non
         "probes_total": 0,
         "fraction": 0.0,
         "eta_seconds": None,
+        "message": None,
     }
     assert got["links"]["recommendation"] == f"/v1/jobs/{job['id']}/recommendation"
 
@@ -265,7 +266,7 @@ def test_recommendation_is_409_until_the_job_succeeded(
     queue.heartbeat(worker_session, job_id, worker_id="w1", lease_seconds=60, progress=progress)
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "running" and job["attempts"] == 1 and job["started_at"]
-    assert job["progress"] == progress
+    assert job["progress"] == {**progress, "message": None}  # a running job waits for nothing
     assert_problem(client.get(url), 409, detail="running")
 
     # The smallest valid result: the route serves the stored document as a typed Recommendation.

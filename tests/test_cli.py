@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from app.config import Settings
+from app.db import head_revision
 
 REPO = Path(__file__).resolve().parents[1]
 EDGETUNE = str(Path(sys.executable).with_name("edgetune"))
@@ -40,7 +41,7 @@ def env_for(settings: Settings) -> dict[str, str]:
 def test_db_downgrade_current_upgrade(db_settings: Settings) -> None:
     env = env_for(db_settings)
     current = edgetune("db", "current", env=env)
-    assert current.returncode == 0 and "revision 0003 (head)" in current.stdout
+    assert current.returncode == 0 and f"revision {head_revision()} (head)" in current.stdout
 
     down = edgetune("db", "downgrade", "base", env=env)
     assert down.returncode == 0, down.stderr
@@ -48,7 +49,7 @@ def test_db_downgrade_current_upgrade(db_settings: Settings) -> None:
 
     up = edgetune("db", "upgrade", env=env)
     assert up.returncode == 0, up.stderr
-    assert "revision 0003 (head)" in up.stdout
+    assert f"revision {head_revision()} (head)" in up.stdout
 
 
 def test_worker_refuses_an_unmigrated_database(tmp_path: Path) -> None:

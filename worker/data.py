@@ -11,13 +11,15 @@ import gzip
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from app.datasets import DatasetPathError, is_inside_roots, missing_files, resolve_dataset_path
-from app.schemas import DatasetSpec
+from app.schemas import DATASET_PLUGINS, DatasetSpec
+from edgetune import plugins
 
 # Splits for datasets that ship without their own test split are carved with this fixed seed, so
 # every probe of every job sees the same split whatever the probe seeds are.
@@ -234,6 +236,50 @@ def _image_folder(path: Path, size: int | None, data_roots: list[Path]) -> tuple
     return x, y
 
 
+def _as_arrays(part: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) as numpy arrays from a map-style Dataset of (x, y) items."""
+    try:
+        items = [part[i] for i in range(len(part))]
+        x = np.stack([np.asarray(item[0]) for item in items])
+        y = np.asarray([int(item[1]) for item in items])
+    except (TypeError, ValueError, IndexError) as exc:
+        raise DatasetPathError(
+            f"{what} must be a map-style Dataset of (x, y) items: {exc}", field="dataset.plugin"
+        ) from exc
+    return x, y
+
+
+def _plugin(spec: DatasetSpec, data_roots: list[Path]) -> tuple[np.ndarray, ...]:
+    """A dataset plugin's (x_train, y_train, x_test, y_test): its `edgetune.datasets` factory,
+    called as build(data_roots=..., **kwargs), returns these four tensors or arrays, or two
+    map-style Datasets (train, test) of (x, y) items. Checked like an npz's arrays."""
+    assert spec.plugin is not None
+    what = f"dataset plugin {spec.plugin!r}"
+    try:
+        factory = plugins.load(DATASET_PLUGINS, spec.plugin)
+    except plugins.PluginNotFound as exc:
+        raise DatasetPathError(str(exc), field="dataset.plugin") from exc
+    try:
+        parts = factory(data_roots=tuple(data_roots), **spec.kwargs)
+    except (TypeError, ValueError) as exc:
+        raise DatasetPathError(f"{what} refused its kwargs: {exc}", field="dataset.kwargs") from exc
+    if isinstance(parts, tuple) and len(parts) == 2:
+        parts = (*_as_arrays(parts[0], f"{what}: train"), *_as_arrays(parts[1], f"{what}: test"))
+    if not (isinstance(parts, tuple) and len(parts) == 4):
+        raise DatasetPathError(
+            f"{what} must return (x_train, y_train, x_test, y_test) or (train, test) Datasets",
+            field="dataset.plugin",
+        )
+    arrays = [p.numpy(force=True) if isinstance(p, Tensor) else np.asarray(p) for p in parts]
+    origin = Path(what)  # only named in messages
+    return (
+        _features(arrays[0], origin, "x_train"),
+        _labels(arrays[1], origin, "y_train"),
+        _features(arrays[2], origin, "x_test"),
+        _labels(arrays[3], origin, "y_test"),
+    )
+
+
 def load_dataset(spec: DatasetSpec, data_roots: list[Path], seed: int = 0) -> Dataset:
     """Load and split a dataset on the CPU. Raises DatasetPathError naming missing files.
 
@@ -256,6 +302,8 @@ def load_dataset(spec: DatasetSpec, data_roots: list[Path], seed: int = 0) -> Da
     elif spec.name == "digits":
         x, y = _digits()
         x, y, x_test, y_test = _carve(x, y, 0.2)
+    elif spec.name == "plugin":
+        x, y, x_test, y_test = _plugin(spec, data_roots)
     elif spec.name == "synthetic":
         x, y = _synthetic(spec, seed=SPLIT_SEED)
         x, y, x_test, y_test = _carve(x, y, 0.2)

@@ -23,6 +23,7 @@ from app.schemas import (
     GrowthFit,
     Hyperparameters,
     OrderKind,
+    PluginModelSpec,
     ProbeGrowth,
     Recommendation,
     RecommendationSpec,
@@ -136,10 +137,10 @@ def _free_knobs(spec: RecommendationSpec) -> tuple[fit.Knob, ...]:
 def _validated_regime(spec: RecommendationSpec, kind: OrderKind) -> str | None:
     """Why the model lies outside the regime where the scaling laws were validated, or None."""
     model = spec.model
-    if isinstance(model, TorchvisionSpec):
+    if isinstance(model, TorchvisionSpec | PluginModelSpec):
         return (
-            "torchvision models (BatchNorm, residual connections) are outside the regime "
-            "where the scaling laws were validated; J² is only a proxy there"
+            "torchvision and plugin models (BatchNorm, residual connections) are outside "
+            "the regime where the scaling laws were validated; J² is only a proxy there"
         )
     if kind == "chi":
         return (
@@ -157,7 +158,7 @@ def _rate(config: ProbeConfig) -> float:
 
 def _activation(spec: RecommendationSpec) -> str | None:
     model = spec.model
-    return None if isinstance(model, TorchvisionSpec) else model.activation
+    return None if isinstance(model, TorchvisionSpec | PluginModelSpec) else model.activation
 
 
 def initial_refusal(spec: RecommendationSpec, y0: float, *, normalised: bool) -> str | None:

@@ -26,6 +26,7 @@ from app.schemas import (
     MLPSpec,
     OrderKind,
     OrderParameter,
+    PluginModelSpec,
     ProbeOrder,
     RecommendationSpec,
     TorchvisionSpec,
@@ -60,7 +61,7 @@ def order_kind(spec: RecommendationSpec) -> OrderKind:
     model = spec.model
     if isinstance(model, MLPSpec) and len(model.hidden) == 1 and model.activation == "tanh":
         return "J2"
-    if isinstance(model, TorchvisionSpec):
+    if isinstance(model, TorchvisionSpec | PluginModelSpec):
         return "J2"  # no χ without known activations; flagged as outside the validated regime
     return "chi"
 

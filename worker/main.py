@@ -47,12 +47,13 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import queue, webhooks
+from app import fleet, queue, webhooks
 from app.config import Settings
 from app.db import DatabaseNotMigrated, make_engine, prepare_database, session_factory
 from app.logs import configure_logging
 from app.models import Job
-from app.schemas import Recommendation, RecommendationSpec
+from app.schemas import DATASET_PLUGINS, MODEL_PLUGINS, Recommendation, RecommendationSpec
+from edgetune import plugins
 from worker import recommend
 from worker.data import load_dataset
 from worker.law import OrderKind, effective_rate, order_kind, probe_order
@@ -195,22 +196,25 @@ class JobRun:
         """One heartbeat: renew the lease, write the progress, read the cancel flag. False when
         the lease is lost, and with it any reason to beat again."""
         try:
-            state = self.write(
-                lambda session: queue.heartbeat(
-                    session,
-                    self.job.id,
-                    worker_id=self.worker_id,
-                    lease_seconds=self.settings.lease_seconds,
-                    progress=self.progress(),
-                ),
-                renews_lease=True,
-            )
+            state = self.write(self._heartbeat, renews_lease=True)
         except LeaseLost as exc:
             self.log.warning("%s", exc)
             state = "lost"
         if state != "ok":
             self.halt_with(state)
         return state != "lost"
+
+    def _heartbeat(self, session: Session) -> queue.HeartbeatResult:
+        """The job's heartbeat, and the worker's own (its advert stays live while it trains)."""
+        state = queue.heartbeat(
+            session,
+            self.job.id,
+            worker_id=self.worker_id,
+            lease_seconds=self.settings.lease_seconds,
+            progress=self.progress(),
+        )
+        fleet.seen(session, self.worker_id)
+        return state
 
     def beat_until_done(self) -> None:
         """The heartbeat thread: beat at once, then every heartbeat_seconds until `done`."""
@@ -478,8 +482,20 @@ def run_worker(
             device_name(torch_device),
             engine.url.database,
         )
+        advert = worker_advert(torch_device)
+        logger.info("plugins: models %s, datasets %s", advert.models, advert.datasets)
         with webhook_thread(sessions, settings):
-            claim_loop(settings, sessions, worker_id, torch_device, stop, once=once)
+            try:
+                claim_loop(
+                    settings, sessions, worker_id, torch_device, stop, once=once, advert=advert
+                )
+            finally:
+                try:
+                    with sessions() as session:
+                        fleet.retire(session, worker_id)
+                except SQLAlchemyError:
+                    # Unrecorded, the advert still lapses once a lease passes unseen.
+                    logger.warning("could not record that worker %s stopped", worker_id)
         if once:
             # `--once` ends when its job is done, webhook included: a last pass, in this thread.
             try:
@@ -492,6 +508,15 @@ def run_worker(
     return 0
 
 
+def worker_advert(device: torch.device) -> fleet.Advert:
+    """What this worker can run: the plugins installed here (read once, at start), its device."""
+    return fleet.Advert(
+        models=plugins.installed(MODEL_PLUGINS),
+        datasets=plugins.installed(DATASET_PLUGINS),
+        device=f"{device} ({device_name(device)})",
+    )
+
+
 def claim_loop(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -500,8 +525,10 @@ def claim_loop(
     stop: threading.Event,
     *,
     once: bool,
+    advert: fleet.Advert,
 ) -> None:
-    """Reap, claim, run, until `stop` (or after one poll with `once`)."""
+    """Advertise, reap, claim (only jobs whose plugins are here), run, until `stop` (or after one
+    poll with `once`)."""
     while not stop.is_set():
         claimed_at = time.monotonic()
         try:
@@ -509,8 +536,13 @@ def claim_loop(
                 requeued = queue.requeue_stale(session)
                 if requeued:
                     logger.info("requeued %d jobs with expired leases", requeued)
+                fleet.advertise(session, worker_id, advert)
                 job = queue.claim(
-                    session, worker_id=worker_id, lease_seconds=settings.lease_seconds
+                    session,
+                    worker_id=worker_id,
+                    lease_seconds=settings.lease_seconds,
+                    models=advert.models,
+                    datasets=advert.datasets,
                 )
         except OperationalError as exc:
             # A database restart or a network blip: keep polling rather than die.

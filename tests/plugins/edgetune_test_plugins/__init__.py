@@ -1,0 +1,1 @@
+"""edgetune's test plugins (see pyproject.toml for the entry points)."""
