@@ -107,6 +107,31 @@ def test_linearity_check_flags_sqrt_growth_and_passes_linear():
     assert linear_fit.warnings == ()
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_transient_is_detected_from_the_data(seed: int) -> None:
+    # The paper model's shape: the slope starts ~2.5× its later value and relaxes within the
+    # first fifth of the probe, then the series grows linearly with noise.
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 2.0, 60)
+    y = 0.25 + 0.02 * t + 0.015 * (1 - np.exp(-t / 0.08)) + rng.normal(0, 2e-4, t.size)
+    end = fit.transient_end(t, y)
+    assert 0.1 <= end <= 0.6
+    growth = fit.fit_growth(t, y, t_min=end)
+    assert growth.A.value == pytest.approx(0.02, rel=0.03)
+    # Fitted from the start, the transient biases the slope upward by ~10 %.
+    assert fit.fit_growth(t, y).A.value > 1.07 * 0.02
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_transient_is_found_in_a_straight_line(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 2.0, 60)
+    y = 0.25 + 0.02 * t + rng.normal(0, 2e-4, t.size)
+    assert fit.transient_end(t, y) == 0.0
+    # Nor in one that bends upward (the early segment is the flatter one).
+    assert fit.transient_end(t, 0.25 + 0.02 * t**2) == 0.0
+
+
 def test_growth_flags_chaotic_start_and_cuts_at_the_edge():
     rng = np.random.default_rng(3)
     t = np.arange(41) / 10

@@ -47,20 +47,40 @@ def test_plan_is_deterministic_and_within_budget(digits: Dataset) -> None:
     plan = plan_probes(spec, digits)
     assert plan == plan_probes(spec, digits)
     assert len({p.key for p in plan}) == len(plan)
-    assert any(p.purpose == "decay" and p.config.weight_decay > 0 for p in plan)
     samples = sum(p.config.steps * p.config.batch_size for p in plan)
     full_run = spec.budget.epochs * digits.train_size
     assert samples <= spec.budget.probe_fraction * full_run * 1.05
-    # Several effective learning rates, all in the stable range.
-    effective = {
-        p.config.learning_rate / ((1 - p.config.momentum) * p.config.batch_size)
-        for p in plan
-        if p.purpose == "growth"
+    # With everything free the probes run where the answer will be (α 0.9, B 32: law.knobs),
+    # vary only η, bracket the prior's target, and feed nothing the answer does not use (no decay
+    # twin, no α or B twin).
+    assert {(p.purpose, p.config.momentum, p.config.batch_size) for p in plan} == {
+        ("growth", law.DEFAULT_MOMENTUM, law.BASE_BATCH)
     }
-    assert len(effective) >= 3
+    assert all(p.config.weight_decay == 0 for p in plan)
+    effective = sorted(law.effective_rate(p.config.learning_rate, 0.9, 32) for p in plan)
+    assert len(effective) == 2 and effective[-1] / effective[0] == pytest.approx(4.0)
+    # Clocked in τ = epoch·η/((1−α)B): every probe reaches the same τ.
+    taus = [p.epochs * law.effective_rate(p.config.learning_rate, 0.9, 32) for p in plan]
+    assert max(taus) == pytest.approx(min(taus))
     for p in plan:
         step = p.config.learning_rate / (1 - p.config.momentum)
         assert step <= law.max_step(p.config.batch_size) + 1e-12
+
+
+def test_default_probe_budget_is_a_fifth_of_a_run(digits: Dataset) -> None:
+    spec = RecommendationSpec.model_validate(
+        {"model": {"type": "mlp", "hidden": [64]}, "dataset": {"name": "digits"}}
+    )
+    assert spec.budget.probe_fraction == 0.2
+    plan = plan_probes(spec, digits)
+    samples = sum(p.config.steps * p.config.batch_size for p in plan)
+    assert samples <= 0.2 * spec.budget.epochs * digits.train_size
+
+
+def test_a_fixed_decay_gets_its_decay_probe_and_a_free_one_none(digits: Dataset) -> None:
+    fixed = plan_probes(_spec(optimizer={"weight_decay": 1e-3}), digits)
+    assert [p.config.weight_decay for p in fixed if p.purpose == "decay"] == [1e-3]
+    assert not [p for p in plan_probes(_spec(), digits) if p.purpose == "decay"]
 
 
 def test_same_spec_and_seed_give_the_same_recommendation(digits: Dataset) -> None:
@@ -153,7 +173,7 @@ def test_architectures_beyond_the_paper(digits: Dataset, model: dict[str, object
     if hp is None:
         assert isinstance(validity.reason, str) and len(validity.reason) > 20
     else:
-        assert rec.edge.order_parameter.name == "chi"
+        assert rec.edge.order_parameter.name == law.order_kind(spec)
         assert hp.learning_rate > 0 and 0 <= hp.momentum < 1 and hp.batch_size >= 1
 
 
@@ -388,8 +408,11 @@ def test_the_result_is_strict_json_and_validates(digits: Dataset) -> None:
 def test_probe_order_follows_the_order_kind_rule(digits: Dataset) -> None:
     paper = _spec()
     deep = _spec(model={"type": "mlp", "hidden": [16, 16], "activation": "relu"})
-    assert law.order_kind(paper) == "J2" and law.order_kind(deep) == "chi"
-    for spec in (paper, deep):
+    cnn = _spec(model={"type": "cnn", "blocks": [{"channels": 4}], "activation": "relu"})
+    assert law.order_kind(paper) == law.order_kind(deep) == "J2" and law.order_kind(cnn) == "chi"
+    # Where a network starts is judged on χ for every activation but the paper's tanh layer.
+    assert law.step0_kind(paper) == "J2" and law.step0_kind(deep) == "chi"
+    for spec in (paper, deep, cnn):
         config = ProbeConfig(0.05, 0.9, 0.0, 32, 0, 20)
         [result] = run_population(spec.model, digits, [config], device=CPU, measure_every=5)
         kind = law.order_kind(spec)
@@ -401,9 +424,10 @@ def test_probe_order_follows_the_order_kind_rule(digits: Dataset) -> None:
         for record, layers in zip(result.records, order.layers, strict=True):
             expected = record.chi if kind == "chi" else [j * j for j in record.J]
             assert layers == pytest.approx(expected)
-        # The summary is the mean J² (J2) or the geometric mean of χ over the iterated layers.
+        # The summary is the fastest-growing layer's J² (J2) or the geometric mean of χ over the
+        # iterated layers.
         if kind == "J2":
-            assert order.value == pytest.approx([sum(v) / len(v) for v in order.layers])
+            assert order.value == pytest.approx([max(v) for v in order.layers])
         stored = {**result.to_dict(), "order": order.model_dump(mode="json")}
         assert ProbeResult.from_dict(stored) == result  # the extra key is ignored
 

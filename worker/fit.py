@@ -258,6 +258,51 @@ def fit_growth(
     return replace(fitted, warnings=tuple(notes))
 
 
+# A kink is the transient's end only when the two-segment line explains the series this much
+# better than one line (an F statistic on one extra parameter, p ≈ 1e-3 for independent noise) and
+# the early segment is the steeper one.
+TRANSIENT_MIN_F = 12.0
+# The fit keeps at least the last 1 − TRANSIENT_MAX_SHARE of the series.
+TRANSIENT_MAX_SHARE = 0.6
+
+
+def transient_end(t: object, y: object) -> float:
+    """When the fast initial transient of a growth series ends (0.0: none seen), detected from
+    the data rather than assumed (science.md §7: on the paper model the slope falls from 2–3× its
+    later value and settles near τ ≈ 3e-3, later in epochs for smaller rates).
+
+    A continuous two-segment line (a hinge at t_b) is fitted for every candidate t_b in the first
+    TRANSIENT_MAX_SHARE of the series; the best hinge marks the end when its early slope is the
+    steeper and it beats one straight line by TRANSIENT_MIN_F. fit_growth's linearity check then
+    judges what is left. Cost: one 3-parameter least-squares per measurement, negligible beside
+    training.
+    """
+    t_arr, y_arr = _as_series(t, y)
+    keep = np.isfinite(t_arr) & np.isfinite(y_arr)
+    t_arr, y_arr = t_arr[keep], y_arr[keep]
+    n = int(t_arr.size)
+    if n < 8:
+        return 0.0
+    line = np.column_stack([np.ones(n), t_arr])
+    ssr_line = float(np.sum((y_arr - line @ np.linalg.lstsq(line, y_arr, rcond=None)[0]) ** 2))
+    best: tuple[float, float] | None = None  # (ssr, t_b)
+    for i in range(2, int(TRANSIENT_MAX_SHARE * n)):
+        t_b = float(t_arr[i])
+        hinge = np.column_stack([line, np.minimum(t_arr - t_b, 0.0)])  # extra slope before t_b
+        coef = np.linalg.lstsq(hinge, y_arr, rcond=None)[0]
+        if coef[2] <= 0:  # the early segment is not the steeper one: no transient here
+            continue
+        ssr = float(np.sum((y_arr - hinge @ coef) ** 2))
+        if best is None or ssr < best[0]:
+            best = (ssr, t_b)
+    if best is None:
+        return 0.0
+    if best[0] <= 0:  # an exact kink (noise-free series)
+        return best[1]
+    f_stat = (ssr_line - best[0]) / (best[0] / (n - 3))
+    return best[1] if f_stat > TRANSIENT_MIN_F else 0.0
+
+
 def _growth_window(
     t_arr: np.ndarray,
     y_arr: np.ndarray,

@@ -1,10 +1,16 @@
-"""The probe plan: which short runs measure the growth law, the exponents and the decay rate.
+"""The probe plan: a few short runs at the configuration to be recommended, clocked in τ.
 
-The plan places a few probes at effective learning rates that bracket the one the prior expects
-to meet the edge within the budget (so the recommendation interpolates), adds twins that vary the
-knobs the user left free (momentum, batch size: their ratios measure the exponents) and one twin
-with weight decay (its bend measures D). It is deterministic in (spec, dataset size): a job that
-is re-claimed plans the same probes, under the same keys, and resumes from the stored ones.
+The recommendation keeps α and B at the user's values or the stated defaults (`law.knobs`: α 0.9,
+B 32, each measured better than the alternatives at equal η/((1−α)B), science.md §3), so the probes
+run there and vary only η: two growth probes bracket the rate the prior expects to meet the edge
+within the budget (so the recommendation interpolates, and their ratio tests A ∝ η directly).
+Each probe gets the same gradient-flow time τ = epoch·η/((1−α)B) (science.md §7): the transient
+settles at a fixed τ, not a fixed epoch, so a probe at half the rate runs twice the epochs. At a
+fixed probe fraction that τ does not depend on the budget (the target rate scales as 1/epochs).
+Twins of other knobs run only when the answer uses them: an α = 0 twin when η is fixed and α
+free, a 4×B twin when η is fixed and B free, a decay twin when the user fixed a decay > 0 (its
+equilibrium needs D). The plan is deterministic in (spec, dataset size): a job that is re-claimed
+plans the same probes, under the same keys, and resumes from the stored ones.
 """
 
 from __future__ import annotations
@@ -18,12 +24,16 @@ from worker.data import Dataset
 from worker.law import EDGE, PRIOR_K, SATURATION_GAP, effective_rate, knobs, max_step
 from worker.probe import ProbeConfig
 
-# Probe learning rates relative to the target: they bracket it, so the recommendation
-# interpolates. Far above it the growth law bends upward (k rises with η/((1−α)B): 10.5 at 3e-3,
-# 11.8 at 6e-3, 15+ at 1.25e-2 on Fashion-MNIST, benchmarks/results/reproduce_paper_cpu.json),
-# and a wider bracket would bias k upward.
-ETA_FACTORS = (0.5, 1.0, 2.0)
-MAX_PROBE_EPOCHS = 4.0
+# Probe learning rates relative to the prior's target: a 4× bracket around it, so the answer
+# interpolates when the measured k is within half to twice the prior's (10.7–12.8 on
+# Fashion-MNIST, ~20 on digits, 24–31 for the J² of a 784-512-512 ReLU net). Far above the
+# target the growth law bends upward (k rises with η/((1−α)B): 10.5 at 3e-3, 11.8 at 6e-3, 15+ at
+# 1.25e-2 on Fashion-MNIST, benchmarks/results/reproduce_paper_cpu.json); the fitted exponent
+# interpolates through that. Two probes, not three: at a 0.2 probe fraction a third would cut
+# every probe's τ well below twice the transient's.
+ETA_FACTORS = (0.5, 2.0)
+# No probe runs longer than this (long budgets: the τ needed is reached well within it).
+MAX_PROBE_EPOCHS = 8.0
 
 Purpose = Literal["growth", "decay"]
 Knobs = tuple[float, float, int]  # (η, α, B)
@@ -61,7 +71,8 @@ def target_growth(y0: float, epochs: float, decay_free: bool, fixed_decay: float
 
 
 def _growth_knobs(spec: RecommendationSpec, batch0: int) -> list[Knobs]:
-    """Growth probes at batch0: η around the target, plus the twins that measure α's exponent."""
+    """Growth probes at batch0: η around the target (or the user's η and, with α free, an α = 0
+    twin)."""
     opt = spec.optimizer
     alpha0, _ = knobs(spec)
     # A net that starts at or past the edge still gets probed (to measure and report it).
@@ -77,11 +88,8 @@ def _growth_knobs(spec: RecommendationSpec, batch0: int) -> list[Knobs]:
             growth.append((base * f * (1 - alpha0) * batch0, alpha0, batch0))
     else:
         growth.append((opt.learning_rate, alpha0, batch0))
-    eta_mid = growth[min(1, len(growth) - 1)][0]
-    if opt.momentum is None:
-        # Same η at α = 0.5: the ratio of growth rates measures the exponent of 1/(1−α).
-        growth.append((eta_mid, 0.5, batch0))
     if opt.learning_rate is not None and opt.momentum is None:
+        # The answer solves for α: the α = 0 twin measures how growth rises with 1/(1−α).
         growth.append((opt.learning_rate, 0.0, batch0))
     # Drop near-duplicates (the stability cap can fold the top factors onto one η).
     unique: list[Knobs] = []
@@ -94,63 +102,69 @@ def _growth_knobs(spec: RecommendationSpec, batch0: int) -> list[Knobs]:
 def _big_batch_knobs(
     spec: RecommendationSpec, dataset: Dataset, growth: list[Knobs], batch0: int
 ) -> list[Knobs]:
-    """Growth probes at 4×B, which measure the exponent of 1/B and test the collapse in η/B."""
+    """With η fixed and B free the answer solves for B: a twin at 4×B measures the exponent of
+    1/B. With η free, B stays at the stated default and no batch twin runs."""
     opt = spec.optimizer
     alpha0, _ = knobs(spec)
-    eta_mid = growth[min(1, len(growth) - 1)][0]
-    big_batch: list[Knobs] = []
     batch1 = 4 * batch0
-    if opt.batch_size is None and dataset.train_size // batch1 >= 50:
-        # Same η at 4×B measures the exponent of 1/B; 4×η at 4×B tests the collapse in η/B.
-        big_batch.append((eta_mid, alpha0, batch1))
-        if opt.learning_rate is None:
-            eta_big = min(eta_mid * 4, max_step(batch1) * (1 - alpha0))
-            big_batch.append((eta_big, alpha0, batch1))
-    return big_batch
+    free_batch = opt.batch_size is None and opt.learning_rate is not None
+    if free_batch and dataset.train_size // batch1 >= 50:
+        return [(growth[0][0], alpha0, batch1)]
+    return []
 
 
 def _decay_knobs(
     spec: RecommendationSpec, dataset: Dataset, growth: list[Knobs]
 ) -> list[tuple[float, float, int, float]]:
-    """The decay probe (η, α, B, wd), unless the user fixed the decay at 0."""
+    """The decay probe (η, α, B, wd) when the user fixed a decay > 0: the recommendation then
+    needs its equilibrium. A free decay is recommended as 0 (edge at the end of the budget,
+    benchmarks/results/decay_strategy_cpu.json), so no probe measures it."""
     opt = spec.optimizer
-    if not (opt.weight_decay is None or opt.weight_decay > 0):
+    if not opt.weight_decay:
         return []
     # Twin of the fastest growth probe (all lie inside the stable range), with decay: the bend of
-    # y measures D. Without a user value, pick a decay whose equilibrium (prior) sits at y ≈ 0.5,
-    # so the bend is visible within the probe.
+    # y measures D.
     eta_d, alpha_d, batch_d = max(growth, key=lambda g: effective_rate(*g))
-    wd = opt.weight_decay if opt.weight_decay else PRIOR_K / (2 * dataset.train_size * 0.5)
-    return [(eta_d, alpha_d, batch_d, wd)]
+    return [(eta_d, alpha_d, batch_d, opt.weight_decay)]
+
+
+def _equal_tau_epochs(spec: RecommendationSpec, rates: list[float]) -> list[float]:
+    """Epochs per probe so that each reaches the same τ = epoch·rate and all together see
+    budget.probe_fraction of one full run's samples (capped at MAX_PROBE_EPOCHS each)."""
+    total = spec.budget.epochs * spec.budget.probe_fraction
+    tau = total / sum(1 / r for r in rates)
+    return [min(MAX_PROBE_EPOCHS, tau / r) for r in rates]
 
 
 def plan_probes(spec: RecommendationSpec, dataset: Dataset) -> list[PlannedProbe]:
-    """A few short probes, run as populations, that measure the growth law and the decay rate."""
+    """A few short probes, run as populations, that measure the growth law (and the decay rate
+    of a user-fixed decay)."""
     _, batch0 = knobs(spec)
     batch0 = min(batch0, dataset.train_size)
     growth = _growth_knobs(spec, batch0)
     big_batch = _big_batch_knobs(spec, dataset, growth, batch0)
     decay = _decay_knobs(spec, dataset, growth)
 
-    n = len(growth) + len(big_batch) + len(decay)
-    probe_epochs = min(MAX_PROBE_EPOCHS, spec.budget.epochs * spec.budget.probe_fraction / n)
-
-    def steps(batch: int) -> int:
-        # floor: the probes never spend more than budget.probe_fraction allows.
-        return max(1, math.floor(probe_epochs * dataset.train_size / batch))
-
     rows: list[tuple[int, float, float, int, float, Purpose]] = [
         *((0, eta, alpha, batch, 0.0, "growth") for eta, alpha, batch in growth),
         *((0, eta, alpha, batch, wd, "decay") for eta, alpha, batch, wd in decay),
         *((1, eta, alpha, batch, 0.0, "growth") for eta, alpha, batch in big_batch),
     ]
+    epochs = _equal_tau_epochs(spec, [effective_rate(eta, a, b) for _, eta, a, b, _, _ in rows])
+
+    def steps(probe_epochs: float, batch: int) -> int:
+        # floor: the probes never spend more than budget.probe_fraction allows.
+        return max(1, math.floor(probe_epochs * dataset.train_size / batch))
+
     return [
         PlannedProbe(
             f"p{i:02d}",
             group,
-            ProbeConfig(eta, alpha, wd, batch, spec.seed * 1000 + i, steps(batch)),
+            ProbeConfig(eta, alpha, wd, batch, spec.seed * 1000 + i, steps(e, batch)),
             purpose,
-            probe_epochs,
+            e,
         )
-        for i, (group, eta, alpha, batch, wd, purpose) in enumerate(rows)
+        for i, ((group, eta, alpha, batch, wd, purpose), e) in enumerate(
+            zip(rows, epochs, strict=True)
+        )
     ]

@@ -26,7 +26,7 @@ from app.schemas import Cost, Recommendation, RecommendationSpec, Verification
 from worker import fit
 from worker.data import Dataset
 from worker.decide import decide, initial_refusal, refusal
-from worker.law import BASE_BATCH, EDGE, TRANSIENT_EPOCHS, OrderKind, order_kind, order_series
+from worker.law import BASE_BATCH, EDGE, OrderKind, order_kind, order_series, step0_kind
 from worker.plan import PlannedProbe, plan_probes
 from worker.probe import (
     ProbeConfig,
@@ -60,7 +60,8 @@ class Progress:
 def _stop_rule(
     probes: list[PlannedProbe], kind: OrderKind
 ) -> Callable[[int, list[ProbeRecord]], bool]:
-    """Stop a growth probe once its slope is known to ±2 % (95 % CI) or it reaches the edge."""
+    """Stop a growth probe once it reaches the edge, or once its slope after the transient is
+    known to ±2 % (95 % CI) over a window at least as long as the transient."""
 
     def stop(member: int, records: list[ProbeRecord]) -> bool:
         if probes[member].purpose != "growth" or len(records) < 8:
@@ -68,8 +69,9 @@ def _stop_rule(
         t, y = order_series(records, kind)
         if y[-1] >= 0.95 * EDGE:
             return True
-        keep = t >= min(TRANSIENT_EPOCHS, 0.5 * probes[member].epochs)
-        if keep.sum() < 8:
+        t_min = fit.transient_end(t, y)
+        keep = t >= t_min
+        if keep.sum() < 8 or t[-1] - t_min < max(t_min, 0.5 * probes[member].epochs):
             return False
         try:
             growth = fit.fit_growth(t[keep], y[keep])
@@ -90,8 +92,10 @@ def _run_group(
 ) -> list[ProbeResult]:
     """Train one group of probes as a population; results in the order of `probes`."""
     configs = [p.config for p in probes]
+    # Probes of one group reach the same τ in different numbers of steps: the shortest one sets
+    # the interval, so each probe has at least MEASUREMENTS_PER_PROBE points for its fits.
     # Evaluations (validation, APJN) are ~10× rarer than measurements.
-    measure_every = max(1, max(c.steps for c in configs) // MEASUREMENTS_PER_PROBE)
+    measure_every = max(1, min(c.steps for c in configs) // MEASUREMENTS_PER_PROBE)
     return run_population(
         spec.model,
         dataset,
@@ -292,7 +296,7 @@ def _refuse_at_step_0(
         (initial,) = run_population(
             spec.model, dataset, [config], device=device, measure_every=0, eval_every=0
         )
-        _, y = order_series(initial.records[:1], order_kind(spec))
+        _, y = order_series(initial.records[:1], step0_kind(spec))
         y0 = float(y[0]) if len(y) else math.nan
     reason = initial_refusal(spec, y0, normalised=normalised)
     return None if reason is None else (reason, time.perf_counter() - started)

@@ -21,6 +21,11 @@ CARE: tuple[tuple[str, str], ...] = (
         "the learning rate lies outside the range the trial runs measured (an extrapolation)",
     ),
     (
+        "no_growth_law",
+        "no scaling law held for this model in the trial runs, so these are the settings of the "
+        "best trial run, not a prediction; compare them with your usual settings",
+    ),
+    (
         "exponents_off",
         "this model follows the scaling law only roughly; the learning rate is interpolated "
         "between the trial runs",
