@@ -13,12 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Worker, utcnow
 from app.queue import transaction
 from app.schemas import RecommendationSpec
+
+# A worker not seen for this long is forgotten (its row deleted, by the next worker to start):
+# its plugins are no longer known, so a spec naming them is refused instead of waiting forever.
+FORGET_AFTER = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,14 @@ def retire(session: Session, worker_id: str) -> None:
     """The worker stopped cleanly: its plugins are no longer live."""
     with transaction(session):
         session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow()))
+
+
+def forget_stale(session: Session, *, now: datetime | None = None) -> int:
+    """Delete the adverts of workers not seen for FORGET_AFTER; how many went."""
+    cutoff = (now or utcnow()) - FORGET_AFTER
+    with transaction(session):
+        result = session.execute(delete(Worker).where(Worker.last_seen_at < cutoff))
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _needed(spec: RecommendationSpec) -> list[tuple[str, str, str]]:

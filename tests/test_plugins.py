@@ -23,7 +23,7 @@ from app import fleet, queue
 from app.config import Settings
 from app.datasets import DatasetPathError
 from app.db import make_engine, session_factory
-from app.models import Worker
+from app.models import Worker, utcnow
 from app.schemas import (
     DATASET_PLUGINS,
     MODEL_PLUGINS,
@@ -206,6 +206,8 @@ def test_plugins_run_end_to_end_and_unknown_names_are_refused(
             )
             assert result.hyperparameters is not None, result.validity
             assert result.edge.order_parameter.name == "J2"
+            # No scaling law was validated on a user's own model: the result says so.
+            assert result.validity.flags["outside_validated_regime"]
             assert any("plugin models" in w for w in result.validity.warnings)
             probes = http.get(f"/v1/jobs/{job['id']}/probes").json()["probes"]
             assert probes and all(p["records"] for p in probes)
@@ -244,3 +246,43 @@ def _waits_when_its_workers_are_gone(http: httpx.Client, reader: Session) -> Non
     assert "waiting for a worker with 'residual-cnn' and 'fashion-mnist-view'" in message, job
     check = fleet.check_plugins(reader, RecommendationSpec.model_validate(SPEC), 60)
     assert check.unknown == [] and check.waiting is not None
+
+
+def test_adverts_make_plugins_live_known_or_forgotten(session: Session) -> None:
+    spec = RecommendationSpec.model_validate(SPEC)
+    assert fleet.check_plugins(session, spec, 60).unknown[0][0] == "model.name"  # no worker yet
+    advert = fleet.Advert(
+        models=plugins.installed(MODEL_PLUGINS),
+        datasets=plugins.installed(DATASET_PLUGINS),
+        device="cpu",
+    )
+    fleet.advertise(session, "w1", advert)
+    fleet.advertise(session, "w1", advert)  # every poll: the same row, seen again
+    assert fleet.check_plugins(session, spec, 60) == fleet.PluginCheck([], None)
+    # Seen longer ago than a lease (here: a lease of 0 s): known but not live, so the job waits.
+    waiting = fleet.check_plugins(session, spec, 0).waiting
+    assert waiting is not None and "none is live" in waiting
+    fleet.retire(session, "w1")
+    assert "none is live" in (fleet.check_plugins(session, spec, 60).waiting or "")
+    assert fleet.forget_stale(session, now=utcnow() + fleet.FORGET_AFTER / 2) == 0
+    assert fleet.forget_stale(session, now=utcnow() + 2 * fleet.FORGET_AFTER) == 1
+    (field, message), *_ = fleet.check_plugins(session, spec, 60).unknown
+    assert field == "model.name" and "known: none" in message
+
+
+def test_a_plugin_over_the_servers_limits_fails_in_the_worker(settings: Settings) -> None:
+    """The API cannot size a plugin model (it never imports one); the worker does, and fails the
+    job at once, naming the limit."""
+    from worker.main import run_worker
+
+    tight = settings.model_copy(update={"max_parameters": 1000})
+    engine = make_engine(tight)
+    with session_factory(engine)() as session:
+        spec = RecommendationSpec.model_validate(SPEC).model_dump(mode="json")
+        job, _ = queue.create_job(session, spec=spec)
+        assert run_worker(tight, device="cpu", once=True) == 0
+        failed = queue.get_job(session, job.id)
+    engine.dispose()
+    assert failed is not None and failed.status == "failed" and failed.attempts == 1
+    assert "plugin 'residual-cnn' has 1,314 parameters" in (failed.error or ""), failed.error
+    assert "over this server's limit 1,000" in (failed.error or "")

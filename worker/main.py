@@ -52,10 +52,16 @@ from app.config import Settings
 from app.db import DatabaseNotMigrated, make_engine, prepare_database, session_factory
 from app.logs import configure_logging
 from app.models import Job
-from app.schemas import DATASET_PLUGINS, MODEL_PLUGINS, Recommendation, RecommendationSpec
-from edgetune import plugins
+from app.schemas import (
+    DATASET_PLUGINS,
+    MODEL_PLUGINS,
+    PluginModelSpec,
+    Recommendation,
+    RecommendationSpec,
+)
+from edgetune import nets, plugins
 from worker import recommend
-from worker.data import load_dataset
+from worker.data import Dataset, load_dataset
 from worker.law import OrderKind, effective_rate, order_kind, probe_order
 from worker.plan import PlannedProbe
 from worker.probe import ProbeResult, device_name, pick_device
@@ -342,7 +348,9 @@ class JobRun:
         spec = RecommendationSpec.model_validate(self.job.spec)
         if not self.set_phase("loading-data"):
             return None
-        dataset = load_dataset(spec.dataset, self.settings.data_roots, spec.seed).to(self.device)
+        dataset = load_dataset(spec.dataset, self.settings.data_roots, spec.seed)
+        check_plugin_limits(spec, dataset, self.settings)
+        dataset = dataset.to(self.device)
         stored = self.write(lambda session: queue.stored_probes(session, self.job.id))
         done = {key: ProbeResult.from_dict(row["result"]) for key, row in stored.items()}
         recommendation = recommend.run(
@@ -396,6 +404,31 @@ class JobRun:
             )
         )
         self.log.error("%s → %s", message, status or "lease already lost")
+
+
+class PluginLimitExceeded(ValueError):
+    """A plugin's model or data is over a limit of this deployment that the API could not check
+    (it never imports plugins): the job fails with the field and the limit."""
+
+
+def check_plugin_limits(spec: RecommendationSpec, dataset: Dataset, settings: Settings) -> None:
+    """The limits app/limits.py applies before queueing, for what only a worker can measure: a
+    plugin model's parameters (built once on the CPU) and a plugin dataset's training examples."""
+    if spec.dataset.plugin is not None and dataset.train_size > settings.max_train_samples:
+        raise PluginLimitExceeded(
+            f"dataset.max_train_samples: plugin {spec.dataset.plugin!r} gives "
+            f"{dataset.train_size} training examples, over this server's limit "
+            f"{settings.max_train_samples}; set dataset.max_train_samples"
+        )
+    if isinstance(spec.model, PluginModelSpec):
+        # Seeded on a fork of the RNG: the caller's random stream is left as it was.
+        model = nets.seeded_model(spec.model, dataset.input_shape, dataset.num_classes, 0)
+        count = nets.count_parameters(model)
+        if count > settings.max_parameters:
+            raise PluginLimitExceeded(
+                f"model: plugin {spec.model.name!r} has {count:,} parameters on this dataset, "
+                f"over this server's limit {settings.max_parameters:,}"
+            )
 
 
 def run_one(
@@ -483,6 +516,10 @@ def run_worker(
             engine.url.database,
         )
         advert = worker_advert(torch_device)
+        with sessions() as session:
+            forgotten = fleet.forget_stale(session)
+        if forgotten:
+            logger.info("forgot %d workers not seen for %s", forgotten, fleet.FORGET_AFTER)
         logger.info("plugins: models %s, datasets %s", advert.models, advert.datasets)
         with webhook_thread(sessions, settings):
             try:
