@@ -118,9 +118,13 @@ async def list_jobs(
     },
     tags=["jobs"],
 )
-async def get_job(job_id: str, db: DatabaseDep, caller: CallerDep, response: Response) -> JobOut:
+async def get_job(
+    job_id: str, db: DatabaseDep, caller: CallerDep, settings: SettingsDep, response: Response
+) -> JobOut:
     """The job's status and progress; while it has not ended, Retry-After says when to poll."""
-    job = await db.run_as(caller, service.get_job, job_id=job_id)
+    job = await db.run_as(
+        caller, service.get_job, job_id=job_id, lease_seconds=settings.lease_seconds
+    )
     if job.status not in TERMINAL_STATUSES:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return job

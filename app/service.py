@@ -222,9 +222,19 @@ def submit(
     return job_out(job), created
 
 
-def get_job(session: Session, *, job_id: str, tenant: str) -> JobOut:
+def get_job(
+    session: Session, *, job_id: str, tenant: str, lease_seconds: float | None = None
+) -> JobOut:
+    """The job; with `lease_seconds`, a queued job needing plugins says whether it waits for a
+    worker that has them (fleet.check_plugins)."""
     job = _owned_job(session, job_id, tenant)
-    return job_out(job, _result_summaries(session, [job]).get(job.id))
+    out = job_out(job, _result_summaries(session, [job]).get(job.id))
+    plugins = job.model_plugin or job.dataset_plugin
+    if lease_seconds is not None and job.status == JobStatus.QUEUED and plugins:
+        # Read now, not at submission: the workers that had its plugins may have gone since.
+        spec = RecommendationSpec.model_validate(job.spec)
+        out.progress.message = fleet.check_plugins(session, spec, lease_seconds).waiting
+    return out
 
 
 def _encode_token(created_at: datetime, job_id: str, status: str | None) -> str:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import edgetune
-from app import fleet, queue
+from app import fleet, queue, service
 from app.config import Settings
 from app.datasets import DatasetPathError
 from app.db import make_engine, session_factory
@@ -262,8 +262,16 @@ def test_adverts_make_plugins_live_known_or_forgotten(session: Session) -> None:
     # Seen longer ago than a lease (here: a lease of 0 s): known but not live, so the job waits.
     waiting = fleet.check_plugins(session, spec, 0).waiting
     assert waiting is not None and "none is live" in waiting
+    # Queued while w1 was live; read after w1 stopped, the job says what it waits for.
+    job, _ = queue.create_job(session, spec=spec.model_dump(mode="json"))
+    assert (
+        service.get_job(session, job_id=job.id, tenant="default", lease_seconds=60).progress.message
+        is None
+    )
     fleet.retire(session, "w1")
     assert "none is live" in (fleet.check_plugins(session, spec, 60).waiting or "")
+    read = service.get_job(session, job_id=job.id, tenant="default", lease_seconds=60)
+    assert read.status == "queued" and "none is live" in (read.progress.message or "")
     assert fleet.forget_stale(session, now=utcnow() + fleet.FORGET_AFTER / 2) == 0
     assert fleet.forget_stale(session, now=utcnow() + 2 * fleet.FORGET_AFTER) == 1
     (field, message), *_ = fleet.check_plugins(session, spec, 60).unknown
