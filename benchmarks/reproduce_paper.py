@@ -12,17 +12,17 @@ What it measures, beside the targets of shared/docs/science.md §3 and §5:
 1. J_init and J0 at step 0 (0.5 and ≈ 0).
 2. R² of J² linear in time over the ordered part (after the epoch-1 transient, while J < 1).
 3. k = median over ordered configs of the J² slope × (1−α)B/η (10–13 per epoch), and the
-   exponents of the growth rate A in η, 1/B and 1/(1−α) from `fit_scaling` (each 1 ± 0.15).
+   exponents of the growth rate A in η, 1/B and 1/(1−α) from `fit_scaling` (each 1 ± 0.1).
 4. t_edge = 0.75·(1−α)·B/(k·η) with the measured k (strictly (1 − J_init²)/A) against the epoch
    J first reaches 1 (interpolated), for every config that reaches the edge (within 20 %).
-5. J at the minimum test loss (0.9–1.15), for configs that reach the edge and run past it.
+5. J at the minimum test loss (0.9–1.1), for configs that reach the edge and run past it.
 6. Equal η/B at fixed α: the J² and test-loss curves against epoch overlap.
 7. (shown, not judged) the collapse of J² against epoch·η/((1−α)B) below the edge.
 
     .venv/bin/python benchmarks/reproduce_paper.py [--mode cpu|gpu] [--workers N] [--out DIR]
 
 `--mode cpu` (the default without CUDA) is sized to finish in under 15 minutes on a 2-core CPU:
-eight configurations, 6–13 epochs each (measured: 493 s on one thread at a load average of ~3).
+ten configurations, 6–13 epochs each (eight measured 493 s on one thread at a load average of ~3).
 `--mode gpu` runs the paper's length (60 epochs) over a 45-config grid. `--mode smoke` runs the
 whole pipeline in seconds on a subset (for the tests). The script exits 0 whether or not the
 targets are met; it prints PASS/FAIL beside each.
@@ -69,9 +69,9 @@ LOAD_SAMPLE_SECONDS = 15.0
 
 # Acceptance lines (issue 2) and the reference values measured on this data (science.md §3).
 K_RANGE = (10.0, 13.0)
-EXPONENT_TOLERANCE = 0.15
+EXPONENT_TOLERANCE = 0.1  # science.md §5 item 3: within 1 ± 0.1
 T_EDGE_TOLERANCE = 0.20
-J_AT_MIN_LOSS = (0.9, 1.15)
+J_AT_MIN_LOSS = (0.9, 1.1)  # science.md §5 item 5
 MIN_R2 = 0.98
 J_INIT = 0.5
 J_INIT_TOLERANCE = 0.01  # relative; a 784² Gaussian matrix gives J to ~0.1 %
@@ -98,9 +98,9 @@ TARGETS = {
     "1": "J_init 0.5, J0 ≈ 0 (|J0| < 0.1)",
     "2": f"R² > {MIN_R2} for every ordered config",
     "3k": "10–13 per epoch (science.md: 10.7–12.8, median ≈ 11; paper ≈ 11)",
-    "3e": "1 ± 0.15 each",
+    "3e": f"1 ± {EXPONENT_TOLERANCE:g} each (science.md §5)",
     "4": "within 20 % (science.md: 43.6/42, 21.8/21, 10.9/10 epochs)",
-    "5": "0.9–1.15 (science.md: 0.9–1.12); loss smoothed over 1 epoch",
+    "5": "0.9–1.1 (science.md §5; its grid measured 0.9–1.12); loss smoothed over 1 epoch",
     "6": f"overlap: max |ΔJ²| ≤ {OVERLAP_J2}, mean |Δ smoothed test loss| ≤ {OVERLAP_TEST_LOSS}",
     "7": "one line below the edge (shown, not judged)",
 }
@@ -135,10 +135,10 @@ class Run:
 # it (items 4, 5); they and 0.01/32 = 0.02/64 = 0.04/128 are the equal-η/B families of item 6.
 # With α 0/0.5 at η 0.02 they pin k and the exponents (η at each batch size, B 32/64/128, α 0/0.5/
 # 0.9); the slow ones need only a few epochs after the transient for a slope.
-# Faster configs were measured and left out on purpose: at η/((1−α)B) = 9.4e-3 and 1.25e-2
-# (η/(1−α) = 0.6 at B 64, 0.4 at B 32) the steady J² growth per epoch is 13–17 × η/((1−α)B), not
-# 11: the linear law bends there, the edge comes 20–36 % sooner than the law says, and mixing them
-# in pulls the exponents to 1.15. The recommendation engine works inside this range too.
+# The two fast configs, η/((1−α)B) = 9.4e-3 and 1.25e-2 (η/(1−α) = 0.6 at B 64, 0.4 at B 32), are
+# in on purpose (issue 12): there the steady J² growth per epoch was 13–17 × η/((1−α)B), not 11,
+# the linear law bends, and the edge comes 20–36 % sooner than the law says. A reproduction that
+# left them out would pass by choosing its range; with them the exponents' misses are printed.
 CPU_RUNS = (
     Run(0.01, 0.9, 32, 8),
     Run(0.02, 0.9, 32, 13),
@@ -148,6 +148,8 @@ CPU_RUNS = (
     Run(0.04, 0.9, 64, 13),
     Run(0.04, 0.9, 128, 8),
     Run(0.08, 0.9, 128, 13),
+    Run(0.06, 0.9, 64, 8),
+    Run(0.04, 0.9, 32, 6),
 )
 # GPU: the paper's length over a grid like the paper's (chaotic corners included).
 GPU_RUNS = tuple(

@@ -14,7 +14,7 @@ const EXAMPLE_SPEC = `# A seconds-long job: scikit-learn's 8×8 digits, a small 
 model: {type: mlp, hidden: [64], activation: tanh, init: {scheme: edge, J: 0.5}}
 dataset: {name: digits}
 optimizer: {type: sgd, learning_rate: null, momentum: null, batch_size: null, weight_decay: null}
-budget: {epochs: 10, probe_fraction: 0.5}
+budget: {epochs: 10, probe_fraction: 0.2}
 seed: 0
 `;
 
