@@ -510,6 +510,20 @@ def _unsolvable(
     )
 
 
+def _exponent_flags(scaling: fit.ScalingFit, flags: dict[str, bool], warnings: list[str]) -> None:
+    warnings.extend(scaling.warnings)
+    flags["exponents_off"] = not scaling.theory_consistent
+    if not scaling.theory_consistent:
+        # Informational, not doubtful: the answer then interpolates the fitted power law between
+        # the probes that bracket it (outside the bracket it is clamped and flagged
+        # `extrapolated`), so it rests on what was measured either way.
+        warnings.append(
+            "a fitted exponent's 95% interval excludes the theory's 1: the collapse "
+            "in η/((1−α)B) is only approximate for this model; the learning rate is "
+            "interpolated between the probes with the fitted exponents"
+        )
+
+
 def decide(
     spec: RecommendationSpec,
     plan: list[PlannedProbe],
@@ -546,17 +560,7 @@ def decide(
         scaling = _fit_scaling(spec, usable)
     except fit.FitError as exc:
         return _no_recommendation(f"the scaling fit failed: {exc}", kind, warnings)
-    warnings.extend(scaling.warnings)
-    flags["exponents_off"] = not scaling.theory_consistent
-    if not scaling.theory_consistent:
-        # Informational, not doubtful: the answer then interpolates the fitted power law between
-        # the probes that bracket it (outside the bracket it is clamped and flagged
-        # `extrapolated`), so it rests on what was measured either way.
-        warnings.append(
-            "a fitted exponent's 95% interval excludes the theory's 1: the collapse "
-            "in η/((1−α)B) is only approximate for this model; the learning rate is "
-            "interpolated between the probes with the fitted exponents"
-        )
+    _exponent_flags(scaling, flags, warnings)
     # Theory's exponents when the probes agree with them (far better determined); otherwise the
     # fitted power law, which interpolates between the probes bracketing the target.
     theory = scaling.theory_consistent

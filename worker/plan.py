@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from app.schemas import MLPSpec, RecommendationSpec
+from edgetune.nets import first_probe_seed
 from worker.data import Dataset
 from worker.law import EDGE, PRIOR_K, SATURATION_GAP, effective_rate, knobs, max_step
 from worker.probe import ProbeConfig
@@ -160,7 +161,7 @@ def plan_probes(spec: RecommendationSpec, dataset: Dataset) -> list[PlannedProbe
         PlannedProbe(
             f"p{i:02d}",
             group,
-            ProbeConfig(eta, alpha, wd, batch, spec.seed * 1000 + i, steps(e, batch)),
+            ProbeConfig(eta, alpha, wd, batch, first_probe_seed(spec.seed) + i, steps(e, batch)),
             purpose,
             e,
         )

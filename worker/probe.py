@@ -48,10 +48,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state, vmap
+from torch.func import functional_call, stack_module_state, vmap
 
 from app.schemas import ModelSpec
-from edgetune.nets import EdgeNet, TorchvisionNet, build_model, layer_infos
+from edgetune.nets import EdgeNet, layer_infos, seeded_model
 from worker.data import Dataset
 from worker.order import measure, random_unit_vectors
 
@@ -250,18 +250,10 @@ def default_intervals(train_size: int, batch_size: int) -> tuple[int, int]:
 
 
 def init_model(model_spec: ModelSpec, dataset: Dataset, seed: int) -> nn.Module:
-    """A member's initial model, on the CPU: the same on every device for a given seed.
-
-    BatchNorm layers always use batch statistics (no running averages), which is what vmapped
-    training needs; the sequential reference uses the same model, so both agree.
-    """
-    # Only the CPU generator is seeded, and restored afterwards: the caller's RNG is untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
-        model = build_model(model_spec, dataset.input_shape, dataset.num_classes)
-    if isinstance(model, TorchvisionNet):
-        replace_all_batch_norm_modules_(model)
-    return model
+    """A member's initial model, on the CPU: the same on every device for a given seed, and the
+    same module `edgetune.build_model` gives a pipeline (`edgetune.nets.seeded_model`: BatchNorm
+    on batch statistics, which is what vmapped training needs; the caller's RNG untouched)."""
+    return seeded_model(model_spec, dataset.input_shape, dataset.num_classes, seed)
 
 
 def _order_generator(seed: int) -> torch.Generator:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from app.schemas import Cost, Recommendation, RecommendationSpec, Verification
+from edgetune.nets import first_probe_seed
 from worker import fit
 from worker.data import Dataset
 from worker.decide import decide, initial_refusal, refusal
@@ -284,7 +285,7 @@ def _refuse_at_step_0(
     """(reason, seconds) when the untrained network already decides the answer: one measurement
     at step 0 (a forward pass on one batch), no training step."""
     started = time.perf_counter()
-    seed = spec.seed * 1000  # the first probe's: the same initial weights the probes start from
+    seed = first_probe_seed(spec.seed)  # the same initial weights the probes start from
     normalised = any(
         isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
         for m in init_model(spec.model, dataset, seed).modules()
