@@ -10,9 +10,20 @@ workers advertise. Torch-free: listing and loading a factory imports nothing but
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib.metadata import EntryPoint, entry_points
+from types import MappingProxyType
 from typing import Any
+
+# Factories a process hands the engine directly (edgetune.inprocess: a notebook's own module and
+# tensors), by (group, name). A context variable, not a module dict: only the caller's own thread
+# (context) sees them, so a worker or API thread in the same process never resolves a spec to one,
+# and `installed` (what workers advertise) never lists them.
+_LOCAL: ContextVar[Mapping[tuple[str, str], Callable[..., Any]]] = ContextVar(
+    "edgetune_local_plugins", default=MappingProxyType({})
+)
 
 
 class PluginNotFound(LookupError):
@@ -32,6 +43,9 @@ def installed(group: str) -> dict[str, str]:
 def load(group: str, name: str) -> Callable[..., Any]:
     """The factory registered as `name` in `group`; PluginNotFound naming the installed ones
     when there is none (a name registered in any other group is not looked at)."""
+    local = _LOCAL.get().get((group, name))
+    if local is not None:
+        return local
     found = entry_points(group=group).select(name=name)
     if not found:
         known = ", ".join(sorted(installed(group))) or "none"
@@ -44,3 +58,15 @@ def load(group: str, name: str) -> Callable[..., Any]:
     if not callable(factory):
         raise PluginNotFound(f"the entry point {name!r} in {group!r} is not callable")
     return factory
+
+
+@contextmanager
+def local(factories: Mapping[tuple[str, str], Callable[..., Any]]) -> Iterator[None]:
+    """Within the block, `load(group, name)` in this context returns `factories[(group, name)]`
+    before any entry point: how edgetune.inprocess runs a user's own factory through the same
+    code path as a plugin's."""
+    token = _LOCAL.set(MappingProxyType({**_LOCAL.get(), **factories}))
+    try:
+        yield
+    finally:
+        _LOCAL.reset(token)

@@ -86,6 +86,7 @@ BREACHES = {
 APPENDED_BREACHES = (
     ("worker/fit.py", "\nimport torch  # noqa\n\nimport app.queue  # noqa\n"),
     ("edgetune/schemas.py", "\nimport torch  # noqa\n"),
+    ("edgetune/client.py", "\nimport edgetune.inprocess  # noqa\n"),
 )
 
 
@@ -99,3 +100,37 @@ def test_each_contract_fails_when_broken(copy: Path) -> None:
     assert result.returncode != 0
     for name in _contract_names():
         assert f"{name} BROKEN" in result.stdout, result.stdout
+
+
+CLIENT = "The client imports neither the API nor the worker"
+CLIENT_TORCH = "The client and the schemas never import torch"
+CLIENT_WORKER = "The client and the schemas never reach the worker via edgetune.inprocess"
+LAYERS = "The packages are layered without cycles (command line > worker > API > client)"
+
+
+@pytest.mark.parametrize(
+    ("path", "line", "broken"),
+    [
+        # Any other edgetune module importing the worker.
+        ("edgetune/_breach_worker.py", "import worker.recommend\n", [CLIENT, LAYERS]),
+        # The in-process module importing the worker beyond its three allowed modules.
+        ("edgetune/inprocess.py", "\nimport worker.main  # noqa\n", [CLIENT, LAYERS]),
+        # ... or the API directly.
+        ("edgetune/inprocess.py", "\nimport app.queue  # noqa\n", [CLIENT, LAYERS]),
+        # The client reaching the in-process module (and through it torch and the worker).
+        (
+            "edgetune/client.py",
+            "\nimport edgetune.inprocess  # noqa\n",
+            [CLIENT_TORCH, CLIENT_WORKER],
+        ),
+    ],
+)
+def test_only_the_in_process_module_may_import_the_worker(
+    copy: Path, path: str, line: str, broken: list[str]
+) -> None:
+    with (copy / path).open("a") as f:
+        f.write(line)
+    result = _lint_imports(copy)
+    assert result.returncode != 0
+    for name in _contract_names():
+        assert f"{name} {'BROKEN' if name in broken else 'KEPT'}" in result.stdout, result.stdout
