@@ -236,3 +236,24 @@ class Worker(Base):
     # Live: seen within a lease, and not stopped.
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class MeasuredPoint(Base):
+    """One measurement of a user's own training run, reported for a job by edgetune.monitor
+    (POST /v1/jobs/{id}/trajectory); keyed by (job, run, step), so a retried report stores it
+    once. The job's tenant owns it (read through the job only)."""
+
+    __tablename__ = "measured_points"
+    __table_args__ = (UniqueConstraint("job_id", "run", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    run: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))  # the order parameter: "J2"
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float | None] = mapped_column(Float)
+    value: Mapped[float] = mapped_column(Float)
+    J: Mapped[list[float]] = mapped_column(JSONType)  # per hidden layer
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

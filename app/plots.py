@@ -39,6 +39,7 @@ from app.schemas import (
     ProbeOut,
     Recommendation,
 )
+from edgetune.measured import MeasuredRun
 
 Format = Literal["png", "svg"]
 MEDIA_TYPES: dict[Format, str] = {"png": "image/png", "svg": "image/svg+xml"}
@@ -65,6 +66,8 @@ class PlotData:
     status: str
     probes: list[ProbeOut]
     recommendation: Recommendation | None
+    # The user's own runs of the recommendation, as edgetune.monitor reported them.
+    measured: Sequence[MeasuredRun] = ()
 
 
 @dataclass(frozen=True)
@@ -441,6 +444,18 @@ def plot_trajectory(data: PlotData) -> Figure:
             marker=".",
             label="measured in the verification run",
         )
+    for i, run in enumerate(data.measured):
+        points = [(p.epoch, p.value) for p in run.points if p.epoch is not None]
+        if points:
+            values.extend(v for _, v in points)
+            ax.plot(
+                [t for t, _ in points],
+                [v for _, v in points],
+                color=f"C{(i + 2) % 10}",
+                linestyle=":",
+                marker=".",
+                label=f"measured in your run '{run.run}' (edgetune.monitor)",
+            )
     _edge_line(ax)
     end = max(epochs, default=0.0)
     _edge_time(ax, edge.predicted_edge_epoch, end)

@@ -26,6 +26,7 @@ from app.schemas import (
     Problem,
     Recommendation,
 )
+from edgetune.measured import MeasuredTrajectories, TrajectoryReport
 
 # Seconds a client should wait before polling a job (the worker reports progress about as often).
 RETRY_AFTER_SECONDS = 2
@@ -159,6 +160,31 @@ async def get_recommendation(job_id: str, db: DatabaseDep, caller: CallerDep) ->
 async def get_probes(job_id: str, db: DatabaseDep, caller: CallerDep) -> ProbeList:
     """Each finished probe's config, outcome and measured time series."""
     return await db.run_as(caller, service.get_probes, job_id=job_id)
+
+
+@router.post(
+    "/v1/jobs/{job_id}/trajectory",
+    response_model=MeasuredTrajectories,
+    responses={404: PROBLEM, 413: PROBLEM, 422: PROBLEM},
+    tags=["jobs"],
+)
+async def report_trajectory(
+    job_id: str, report: TrajectoryReport, db: DatabaseDep, caller: CallerDep
+) -> MeasuredTrajectories:
+    """Store points of your own training run (edgetune.monitor sends them), shown beside the
+    predicted trajectory; a point sent again (same run and step) replaces itself."""
+    return await db.run_as(caller, service.report_trajectory, job_id=job_id, report=report)
+
+
+@router.get(
+    "/v1/jobs/{job_id}/trajectory",
+    response_model=MeasuredTrajectories,
+    responses={404: PROBLEM},
+    tags=["jobs"],
+)
+async def get_trajectory(job_id: str, db: DatabaseDep, caller: CallerDep) -> MeasuredTrajectories:
+    """Every run's measured order parameter reported for the job, each by step."""
+    return await db.run_as(caller, service.get_trajectory, job_id=job_id)
 
 
 @router.get(

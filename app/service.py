@@ -37,7 +37,7 @@ from app import fleet, queue, webhooks
 from app.config import Settings
 from app.errors import ProblemError, database_unavailable
 from app.limits import check_spec
-from app.models import JOB_ID_PATTERN, Job, Probe
+from app.models import JOB_ID_PATTERN, Job, MeasuredPoint, Probe, utcnow
 from app.models import Recommendation as StoredResult
 from app.plots import JobTrajectory, PlotData
 from app.queue import transaction
@@ -55,6 +55,12 @@ from app.schemas import (
     RecommendationSpec,
     ResultSummary,
     Verdict,
+)
+from edgetune.measured import (
+    MeasuredRun,
+    MeasuredTrajectories,
+    TrajectoryPoint,
+    TrajectoryReport,
 )
 
 # A unique start of a job id is as good as the id (at least 6 hex digits: 16 million values).
@@ -372,6 +378,72 @@ def get_probes(session: Session, *, job_id: str, tenant: str) -> ProbeList:
     return ProbeList(job_id=job_id, probes=probes)
 
 
+def _upsert(session: Session) -> Any:
+    """The dialect's INSERT … ON CONFLICT: one statement, atomic under concurrent retries."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(MeasuredPoint)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(MeasuredPoint)
+
+
+def report_trajectory(
+    session: Session, *, job_id: str, tenant: str, report: TrajectoryReport
+) -> MeasuredTrajectories:
+    """Store a run's points on the tenant's job: (run, step) already stored is replaced, so the
+    same report twice stores it once. Returns every run of the job."""
+    job_id = _owned_job(session, job_id, tenant).id
+    rows = {  # the last point of a step wins inside one report too (no duplicate in one INSERT)
+        p.step: {
+            "job_id": job_id,
+            "run": report.run,
+            "kind": report.kind,
+            "step": p.step,
+            "epoch": p.epoch,
+            "value": p.value,
+            "J": p.J,
+            "created_at": utcnow(),
+        }
+        for p in report.points
+    }
+    insert = _upsert(session)
+    statement = insert.values(list(rows.values())).on_conflict_do_update(
+        index_elements=["job_id", "run", "step"],
+        set_={c: insert.excluded[c] for c in ("kind", "epoch", "value", "J", "created_at")},
+    )
+    with transaction(session):
+        session.execute(statement)
+    return get_trajectory(session, job_id=job_id, tenant=tenant)
+
+
+def measured_runs(session: Session, job_id: str) -> list[MeasuredRun]:
+    """A job's reported runs, by name, each run's points by step."""
+    with transaction(session):
+        rows = session.scalars(
+            select(MeasuredPoint)
+            .where(MeasuredPoint.job_id == job_id)
+            .order_by(MeasuredPoint.run, MeasuredPoint.step)
+        ).all()
+    runs: dict[str, MeasuredRun] = {}
+    for row in rows:
+        run = runs.get(row.run)
+        if run is None:
+            run = runs[row.run] = MeasuredRun.model_validate(
+                {"run": row.run, "kind": row.kind, "points": []}
+            )
+        run.points.append(
+            TrajectoryPoint(step=row.step, epoch=row.epoch, value=row.value, J=row.J)
+        )
+    return list(runs.values())
+
+
+def get_trajectory(session: Session, *, job_id: str, tenant: str) -> MeasuredTrajectories:
+    job_id = _owned_job(session, job_id, tenant).id
+    return MeasuredTrajectories(job_id=job_id, runs=measured_runs(session, job_id))
+
+
 def plot_data(session: Session, *, job_id: str, tenant: str) -> PlotData:
     """The job's spec, probes and recommendation, for app.plots (404 problem for another
     tenant's job)."""
@@ -381,7 +453,7 @@ def plot_data(session: Session, *, job_id: str, tenant: str) -> PlotData:
         queue.get_recommendation(session, job.id) if job.status == JobStatus.SUCCEEDED else None
     )
     recommendation = None if stored is None else Recommendation.model_validate(stored)
-    return PlotData(job.id, job.status, probes, recommendation)
+    return PlotData(job.id, job.status, probes, recommendation, measured_runs(session, job.id))
 
 
 def compare_data(session: Session, *, job_ids: Sequence[str], tenant: str) -> list[JobTrajectory]:

@@ -25,6 +25,7 @@ import httpx
 import yaml
 from pydantic import ValidationError
 
+from edgetune.measured import MeasuredTrajectories, TrajectoryReport
 from edgetune.schemas import (
     TERMINAL_STATUSES,
     JobOut,
@@ -360,6 +361,18 @@ class Client:
 
     def probes(self, job_id: str) -> ProbeList:
         return ProbeList.model_validate(self._request("GET", f"/v1/jobs/{job_id}/probes").json())
+
+    def report_trajectory(self, job_id: str, report: TrajectoryReport) -> MeasuredTrajectories:
+        """Store points of a real training run on the job (edgetune.monitor sends them); a point
+        sent again (same run and step) replaces itself, so a retry is safe."""
+        body = report.model_dump(mode="json")
+        response = self._request("POST", f"/v1/jobs/{job_id}/trajectory", json=body)
+        return MeasuredTrajectories.model_validate(response.json())
+
+    def trajectory(self, job_id: str) -> MeasuredTrajectories:
+        """Every run's measured trajectory reported for the job."""
+        response = self._request("GET", f"/v1/jobs/{job_id}/trajectory")
+        return MeasuredTrajectories.model_validate(response.json())
 
     def plot(self, job_id: str, name: PlotName, format: Literal["png", "svg"] = "png") -> bytes:
         """One of the job's plots (order, collapse, growth, trajectory) as PNG or SVG bytes."""
