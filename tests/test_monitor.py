@@ -248,3 +248,36 @@ def test_the_lightning_callback_exists_exactly_where_lightning_does() -> None:
     trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=8))
     assert callback.monitor is not None
     assert [m.step for m in callback.monitor.measurements] == [0, 4, 8, 12, 16]
+
+
+def test_an_unreachable_service_never_stops_the_training_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused.
+    with Monitor(model, every=1, job="0" * 32, url="http://127.0.0.1:9") as monitor:
+        for _ in range(3):
+            monitor.step()
+    assert len(monitor.measurements) == 4
+    assert "could not report" in caplog.text and len(monitor._unsent) == 4
+
+
+def test_the_overhead_benchmark_runs(tmp_path: Path, data_root: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "overhead.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "monitor_overhead.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--steps", "20", "--repeats", "2", "--every", "5"]
+        + ["--data-root", str(data_root), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert "overhead" in done.stdout and len(result["pairs"]) == 2
+    assert result["git"]["revision"] and result["machine"]["torch_threads"] == 1
+    assert 0 < result["overhead"]["accounted"] < 1
