@@ -517,6 +517,17 @@ class AsyncClient:
         response = await self._request("GET", f"/v1/jobs/{job_id}/probes")
         return ProbeList.model_validate(response.json())
 
+    async def report_trajectory(
+        self, job_id: str, report: TrajectoryReport
+    ) -> MeasuredTrajectories:
+        body = report.model_dump(mode="json")
+        response = await self._request("POST", f"/v1/jobs/{job_id}/trajectory", json=body)
+        return MeasuredTrajectories.model_validate(response.json())
+
+    async def trajectory(self, job_id: str) -> MeasuredTrajectories:
+        response = await self._request("GET", f"/v1/jobs/{job_id}/trajectory")
+        return MeasuredTrajectories.model_validate(response.json())
+
     async def plot(
         self, job_id: str, name: PlotName, format: Literal["png", "svg"] = "png"
     ) -> bytes:

@@ -5,6 +5,7 @@ per tenant, and plots it beside the predicted trajectory (SQLite and PostgreSQL)
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from app import queue, service
 from app.config import Settings
 from app.errors import ProblemError
 from app.schemas import DatasetSpec, MLPSpec, RecommendationSpec
-from edgetune.client import Client
-from edgetune.measured import TrajectoryPoint, TrajectoryReport
+from edgetune.client import AsyncClient, Client
+from edgetune.measured import MeasuredTrajectories, TrajectoryPoint, TrajectoryReport
 from edgetune.monitor import EdgeWarning, Monitor, hidden_weights
 from edgetune.nets import seeded_model
 from tests.helpers import SMALL_SPEC, api_key, assert_problem, live_server
@@ -178,6 +179,13 @@ def _idempotent_and_scoped(
         twice = client.report_trajectory(job_id, report)
         assert once == twice and [r.run for r in twice.runs] == ["default", "second"]
         assert client.trajectory(job_id) == twice
+
+    async def from_async() -> MeasuredTrajectories:
+        async with AsyncClient(url, api_key=key) as client:
+            await client.report_trajectory(job_id, report)
+            return await client.trajectory(job_id)
+
+    assert asyncio.run(from_async()) == twice
     # Another tenant's job is not found; a malformed report is a 422 naming the field.
     other = {"X-API-Key": api_key(settings, tenant="other")["X-API-Key"]}
     body = report.model_dump(mode="json")
