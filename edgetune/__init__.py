@@ -66,15 +66,20 @@ def build_model(
 
 
 def build_optimizer(
-    model: nn.Module, recommendation: Recommendation | Hyperparameters
+    model: nn.Module,
+    recommendation: Recommendation | Hyperparameters,
+    *,
+    steps_per_epoch: int | None = None,
 ) -> tuple[Optimizer, LRScheduler]:
-    """(optimizer, scheduler) for the recommended hyperparameters; step the scheduler once an
-    epoch. ValueError when the recommendation holds none (its validity.reason says why)."""
+    """(optimizer, scheduler) for the recommended hyperparameters; step the scheduler once per
+    optimizer step (the recommended schedule; constant by default). `steps_per_epoch` defaults
+    to the probes' count, train size // batch size. ValueError when the recommendation holds
+    none (its validity.reason says why)."""
     try:
         from edgetune import optim  # torch, only now
     except ModuleNotFoundError as exc:
         raise _without_torch(exc) from exc
-    return optim.build_optimizer(model, recommendation)
+    return optim.build_optimizer(model, recommendation, steps_per_epoch=steps_per_epoch)
 
 
 __all__ = [

@@ -1,8 +1,9 @@
 """A recommendation → the optimizer and learning-rate scheduler a pipeline trains with.
 
-Today every recommendation is constant-rate SGD (`Hyperparameters.torch_sgd_kwargs`); the
-scheduler is then one that keeps the rate. Schedules (warm-up, cosine, linear decay) slot in as
-more cases of `scheduler`, stepped the same way: once an epoch.
+The optimizer is SGD with `Hyperparameters.torch_sgd_kwargs`. The scheduler follows the
+recommended schedule's shape (edgetune/schedules.py, the one the growth law integrated) and is
+stepped once per optimizer step; for a constant rate it keeps the rate (a results from before
+schedules carries no schedule and is constant).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import ConstantLR, LRScheduler
+from torch.optim.lr_scheduler import ConstantLR, LambdaLR, LRScheduler
 
+from edgetune.schedules import multiplier
 from edgetune.schemas import Hyperparameters, Recommendation
 
 
@@ -31,15 +33,26 @@ def optimizer(params: Iterable[nn.Parameter], hyper: Hyperparameters) -> Optimiz
     return torch.optim.SGD(params, **hyper.torch_sgd_kwargs.model_dump())
 
 
-def scheduler(optimizer: Optimizer, hyper: Hyperparameters) -> LRScheduler:
-    """The learning-rate schedule, stepped once an epoch. Constant: the only one recommended yet
-    (factor 1 from the first epoch on: the rate is exactly torch_sgd_kwargs.lr throughout)."""
-    return ConstantLR(optimizer, factor=1.0, total_iters=0)
+def scheduler(
+    optimizer: Optimizer, hyper: Hyperparameters, steps_per_epoch: int | None = None
+) -> LRScheduler:
+    """The learning-rate schedule, stepped once per optimizer step: the rate at step s is the
+    peak times multiplier(s / steps_per_epoch). `steps_per_epoch` defaults to the probes' count
+    (train size // batch size); pass your loader's length if it differs."""
+    schedule = hyper.schedule
+    if schedule is None or schedule.name == "constant":
+        return ConstantLR(optimizer, factor=1.0, total_iters=0)
+    per_epoch = steps_per_epoch or schedule.steps_per_epoch
+    name, epochs, warmup = schedule.name, hyper.epochs, schedule.warmup_epochs
+    return LambdaLR(optimizer, lambda step: multiplier(name, step / per_epoch, epochs, warmup))
 
 
 def build_optimizer(
-    model: nn.Module, recommendation: Recommendation | Hyperparameters
+    model: nn.Module,
+    recommendation: Recommendation | Hyperparameters,
+    *,
+    steps_per_epoch: int | None = None,
 ) -> tuple[Optimizer, LRScheduler]:
     hyper = hyperparameters(recommendation)
     opt = optimizer(model.parameters(), hyper)
-    return opt, scheduler(opt, hyper)
+    return opt, scheduler(opt, hyper, steps_per_epoch)

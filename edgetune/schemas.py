@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from edgetune.schedules import Schedule
+
 Activation = Literal["tanh", "relu", "gelu", "silu", "linear"]
 
 # Hard ceilings that hold whatever the deployment configures; the service adds its own, tighter,
@@ -108,7 +110,8 @@ MODEL_PLUGINS = "edgetune.models"
 DATASET_PLUGINS = "edgetune.datasets"
 PluginName = Annotated[str, Field(min_length=1, max_length=100, pattern=PLUGIN_NAME)]
 # Keyword arguments for a plugin: JSON values only (no code, no pickles), a few kB at most.
-PluginKwargs = Annotated[dict[str, JsonValue], Field(default_factory=dict, max_length=64)]
+# The default is set on each field (mypy's pydantic plugin does not see one inside Annotated).
+PluginKwargs = Annotated[dict[str, JsonValue], Field(max_length=64)]
 
 
 class PluginModelSpec(Strict):
@@ -117,7 +120,7 @@ class PluginModelSpec(Strict):
 
     type: Literal["plugin"] = "plugin"
     name: PluginName
-    kwargs: PluginKwargs
+    kwargs: PluginKwargs = Field(default_factory=dict)
 
 
 def _model_type(value: Any) -> str:
@@ -161,7 +164,7 @@ class DatasetSpec(Strict):
     synthetic_classes: int = Field(4, strict=True, ge=2, le=1000)
     # name "plugin" only: the `edgetune.datasets` entry point, and its keyword arguments.
     plugin: PluginName | None = Field(None, validate_default=True)
-    kwargs: PluginKwargs
+    kwargs: PluginKwargs = Field(default_factory=dict)
 
     @field_validator("plugin")
     @classmethod
@@ -223,6 +226,11 @@ class OptimizerSpec(Strict):
     batch_size: int | None = Field(None, strict=True, ge=1, le=65_536)
     # PyTorch's weight_decay: gradient += weight_decay·W. The paper's λ‖W‖² is weight_decay = 2λ.
     weight_decay: Number | None = Field(None, ge=0, le=1)
+    nesterov: StrictBool = False
+    # The learning-rate schedule of the run you will do (edgetune/schedules.py): `learning_rate`
+    # is then its peak. The probes run at constant rates; the growth law integrates the schedule.
+    schedule: Schedule = "constant"
+    warmup_epochs: Number = Field(1.0, ge=0, le=10_000)  # warmup-cosine only
 
 
 class BudgetSpec(Strict):
@@ -256,6 +264,14 @@ class RecommendationSpec(Strict):
         # allow_inf_nan=False already rejects NaN/inf; this guards derived products.
         if not math.isfinite(self.budget.epochs * self.budget.probe_fraction):
             raise ValueError("budget.epochs × budget.probe_fraction must be finite")
+        opt = self.optimizer
+        if opt.schedule == "warmup-cosine" and opt.warmup_epochs >= self.budget.epochs:
+            raise ValueError(
+                f"optimizer.warmup_epochs ({opt.warmup_epochs:g}) must be shorter than "
+                f"budget.epochs ({self.budget.epochs:g})"
+            )
+        if opt.nesterov and opt.momentum == 0:
+            raise ValueError("optimizer.nesterov needs momentum > 0 (PyTorch's rule)")
         return self
 
 
@@ -512,6 +528,18 @@ class SGDKwargs(BaseModel):
     lr: float
     momentum: float
     weight_decay: float
+    nesterov: bool = False
+
+
+class ScheduleOut(BaseModel):
+    """The recommended run's learning-rate schedule (edgetune/schedules.py shapes), for a
+    scheduler stepped once per optimizer step; `edgetune.build_optimizer` builds it."""
+
+    name: Schedule
+    warmup_epochs: float = 0.0
+    steps_per_epoch: int  # as the probes counted them: train size // batch size
+    total_steps: int
+    mean_multiplier: float  # the schedule's mean rate / the peak (learning_rate)
 
 
 class Hyperparameters(BaseModel):
@@ -521,8 +549,9 @@ class Hyperparameters(BaseModel):
     weight_decay: float
     epochs: float
     paper_lambda: float  # weight_decay / 2: the paper's λ in λ‖W‖²
-    effective_rate: float | None = None  # η/((1−α)B)
+    effective_rate: float | None = None  # η/((1−α)B), at the peak of a schedule
     torch_sgd_kwargs: SGDKwargs
+    schedule: ScheduleOut | None = None  # None: constant rate (results before schedules)
 
 
 class EdgeSummary(BaseModel):
@@ -643,6 +672,7 @@ __all__ += [
     "SaturatingDecay",
     "ScalingFit",
     "SGDKwargs",
+    "ScheduleOut",
     "Trajectory",
     "Validity",
     "Verdict",

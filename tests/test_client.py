@@ -124,7 +124,8 @@ def test_sync_client_runs_a_job_to_its_recommendation(url: str, key: str, worker
         hyper = result.hyperparameters
         assert hyper is not None
         assert hyper.learning_rate > 0 and hyper.batch_size >= 1
-        assert set(hyper.torch_sgd_kwargs.model_dump()) == {"lr", "momentum", "weight_decay"}
+        kwargs = set(hyper.torch_sgd_kwargs.model_dump())
+        assert kwargs == {"lr", "momentum", "weight_decay", "nesterov"}
         probes = client.probes(job.id)
         assert isinstance(probes, ProbeList) and len(probes.probes) == done.progress.probes_done
         assert probes.probes[0].records[0]["epoch"] == 0.0

@@ -94,6 +94,7 @@ def test_same_spec_and_seed_give_the_same_recommendation(digits: Dataset) -> Non
         "lr": hp.learning_rate,
         "momentum": hp.momentum,
         "weight_decay": hp.weight_decay,
+        "nesterov": False,
     }
     assert hp.effective_rate == pytest.approx(
         hp.learning_rate / ((1 - hp.momentum) * hp.batch_size)

@@ -30,11 +30,13 @@ from app.schemas import (
     RecommendationSpec,
     SaturatingDecay,
     ScalingFit,
+    ScheduleOut,
     SGDKwargs,
     TorchvisionSpec,
     Trajectory,
     Validity,
 )
+from edgetune.schedules import mean_multiplier
 from worker import fit
 from worker.law import (
     EDGE,
@@ -379,7 +381,18 @@ def _within_probes(
     )
 
 
-def _hyperparameters(choice: Choice) -> Hyperparameters:
+def _schedule(choice: Choice, train_size: int) -> ScheduleOut:
+    per_epoch = max(1, train_size // choice.batch_size)
+    return ScheduleOut(
+        name=choice.schedule,
+        warmup_epochs=choice.warmup_epochs,
+        steps_per_epoch=per_epoch,
+        total_steps=round(choice.epochs * per_epoch),
+        mean_multiplier=mean_multiplier(choice.schedule, choice.epochs, choice.warmup_epochs),
+    )
+
+
+def _hyperparameters(choice: Choice, train_size: int, nesterov: bool = False) -> Hyperparameters:
     return Hyperparameters(
         learning_rate=choice.learning_rate,
         momentum=choice.momentum,
@@ -389,8 +402,12 @@ def _hyperparameters(choice: Choice) -> Hyperparameters:
         paper_lambda=choice.weight_decay / 2,
         effective_rate=effective_rate(choice.learning_rate, choice.momentum, choice.batch_size),
         torch_sgd_kwargs=SGDKwargs(
-            lr=choice.learning_rate, momentum=choice.momentum, weight_decay=choice.weight_decay
+            lr=choice.learning_rate,
+            momentum=choice.momentum,
+            weight_decay=choice.weight_decay,
+            nesterov=nesterov,
         ),
+        schedule=_schedule(choice, train_size),
     )
 
 
@@ -550,7 +567,7 @@ def decide(
     usable = [g for g in growths if g.growth is not None and g.growth.A.value > 0]
     if not usable:
         reason = "no probe showed measurable growth of the order parameter in the ordered phase"
-        return _best_measured(spec, growths, kind, y0, reason, warnings)
+        return _best_measured(spec, growths, kind, y0, reason, warnings, train_size)
     fits = [g.growth for g in usable if g.growth]
     for g, f in zip(usable, fits, strict=True):
         warnings.extend(f"probe {g.probe.key}: {w}" for w in f.warnings)
@@ -566,7 +583,7 @@ def decide(
     theory = scaling.theory_consistent
     unsolvable = None if theory else _unsolvable(spec, scaling, usable, y0)
     if unsolvable:
-        return _best_measured(spec, growths, kind, y0, unsolvable, warnings)
+        return _best_measured(spec, growths, kind, y0, unsolvable, warnings, train_size)
     decay = _fit_decay(plan, results, kind, scaling, warnings)
     candidates = _batch_candidates(spec, usable, scaling, warnings)
 
@@ -574,6 +591,7 @@ def decide(
         return scaling.predict_A(eta, batch, alpha, theory=theory).value
 
     y_start = _start(usable, y0)
+    eta_exponent = scaling.exponent("eta")
     choice = choose_config(
         spec,
         k=scaling.k_theory.value,
@@ -582,6 +600,7 @@ def decide(
         train_size=train_size,
         batch_candidates=candidates,
         growth_law=growth_law,
+        rate_exponent=1.0 if theory or not eta_exponent.fitted else eta_exponent.value.value,
     )
     warnings.extend(choice.warnings)
     choice = _within_probes(spec, choice, usable, growth_law, flags, warnings)
@@ -590,7 +609,7 @@ def decide(
     _range_flags(spec, plan, usable, choice, flags, warnings)
     edge = _edge_summary(kind, y_start, choice, scaling, decay, growths)
     recommendation = Recommendation(
-        hyperparameters=_hyperparameters(choice),
+        hyperparameters=_hyperparameters(choice, train_size, spec.optimizer.nesterov),
         edge=edge.model_copy(update={"initial": y0}),
         validity=Validity(
             ok=not any(flags.get(f) for f in DOUBTFUL), flags=flags, warnings=warnings
@@ -611,6 +630,7 @@ def _best_measured(
     y0: float,
     reason: str,
     warnings: list[str],
+    train_size: int,
 ) -> Decision:
     """No growth law places the run: the best-supported configuration is the measured probe with
     the lowest validation loss at its end (every probe ran the same τ, so they compare fairly;
@@ -621,8 +641,12 @@ def _best_measured(
         return _no_recommendation(reason, kind, warnings)
     best = min(ran, key=lambda g: (_final_val_loss(g), _rate(g.probe.config)))
     cfg = best.probe.config
+    opt = spec.optimizer
+    warmup = opt.warmup_epochs if opt.schedule == "warmup-cosine" else 0.0
+    # Under a schedule, the peak whose mean rate is the probe's (the same integral of the rate).
+    mean = mean_multiplier(opt.schedule, spec.budget.epochs, warmup)
     choice = Choice(
-        cfg.learning_rate,
+        cfg.learning_rate / mean,
         cfg.momentum,
         cfg.batch_size,
         cfg.weight_decay,
@@ -630,6 +654,8 @@ def _best_measured(
         0.0,
         0.0,
         (),
+        opt.schedule,
+        warmup,
     )
     loss = _final_val_loss(best)
     said = (
@@ -640,7 +666,7 @@ def _best_measured(
         + " after the same training time τ as the others"
     )
     recommendation = Recommendation(
-        hyperparameters=_hyperparameters(choice),
+        hyperparameters=_hyperparameters(choice, train_size, spec.optimizer.nesterov),
         edge=EdgeSummary(
             order_parameter=order_description(kind),
             initial=y0,

@@ -31,6 +31,7 @@ from app.schemas import (
     RecommendationSpec,
     TorchvisionSpec,
 )
+from edgetune.schedules import POINTS_PER_EPOCH, Schedule, mean_multiplier, multiplier
 from worker import fit
 
 # Only used to place the probes' learning rates; every recommendation uses the fitted k.
@@ -179,14 +180,24 @@ def _solve(f: Callable[[float], float], target: float, lo: float, hi: float) -> 
 
 @dataclass(frozen=True)
 class Choice:
-    learning_rate: float
+    learning_rate: float  # the peak of a schedule
     momentum: float
     batch_size: int
     weight_decay: float
     epochs: float
-    growth: float  # predicted A of the chosen configuration, per epoch
-    decay_rate: float  # predicted D, per epoch
+    growth: float  # predicted A of the chosen configuration at its peak rate, per epoch
+    decay_rate: float  # predicted D at the peak rate, per epoch
     warnings: tuple[str, ...]
+    schedule: Schedule = "constant"
+    warmup_epochs: float = 0.0
+    rate_exponent: float = 1.0  # A ∝ η^a: how the schedule's multiplier enters the growth
+
+    def shape(self, t: np.ndarray) -> np.ndarray:
+        """m(t)^a: the growth rate at epoch t as a fraction of the peak's."""
+        return (
+            np.array([multiplier(self.schedule, x, self.epochs, self.warmup_epochs) for x in t])
+            ** self.rate_exponent
+        )
 
 
 def _growth_target(y_eq: float, y0: float, epochs: float, warnings: list[str]) -> float:
@@ -258,6 +269,7 @@ def choose_config(
     train_size: int,
     batch_candidates: list[int],
     growth_law: GrowthLaw | None = None,
+    rate_exponent: float = 1.0,
 ) -> Choice:
     """Solve the growth law for the free knobs so that y meets the edge within the budget.
 
@@ -279,13 +291,16 @@ def choose_config(
     # the edge for longer training is still fitted and reported (edge.saturating_weight_decay).
     wd = 0.0 if opt.weight_decay is None else opt.weight_decay
     y_eq = k / (c * wd) if (c and wd > 0) else math.inf
-    a_target = _growth_target(y_eq, y0, epochs, warnings)
+    # A schedule integrates the rate: its peak's growth is the constant run's over the mean of
+    # m(t)^a (exact without decay; with decay the same mean is a first-order approximation).
+    mean = mean_multiplier(opt.schedule, epochs, opt.warmup_epochs, rate_exponent)
+    a_target = _growth_target(y_eq, y0, epochs, warnings) / mean
     eta, alpha, batch = _solve_knobs(spec, law, a_target, train_size, batch_candidates, warnings)
 
     growth = law(eta, alpha, batch)
     decay_rate = (c or 0.0) * wd * eta / ((1 - alpha) * batch)
     run_epochs = epochs
-    if decay_rate == 0 and growth > 0:
+    if decay_rate == 0 and growth > 0 and opt.schedule == "constant":
         t_edge = (EDGE - y0) / growth
         if t_edge < epochs * 0.99:
             # Without decay the guideline is to stop at the edge (science.md §4, step 4).
@@ -299,19 +314,59 @@ def choose_config(
                 f"with the fixed knobs the edge is reached only at epoch {t_edge:.1f}, after the "
                 f"budget of {epochs:g}"
             )
-    return Choice(eta, alpha, batch, wd, run_epochs, growth, decay_rate, tuple(warnings))
+    return Choice(
+        eta,
+        alpha,
+        batch,
+        wd,
+        run_epochs,
+        growth,
+        decay_rate,
+        tuple(warnings),
+        opt.schedule,
+        opt.warmup_epochs if opt.schedule == "warmup-cosine" else 0.0,
+        rate_exponent,
+    )
 
 
 def predict(choice: Choice, y0: float, points: int = 41) -> tuple[np.ndarray, np.ndarray]:
     """The predicted order-parameter trajectory of the recommended run."""
     t = np.linspace(0.0, choice.epochs, points)
-    return t, fit.predict_trajectory(t, choice.growth, choice.decay_rate, y0)
+    return t, trajectory(choice, y0, t)
+
+
+def trajectory(choice: Choice, y0: float, t: np.ndarray) -> np.ndarray:
+    """The predicted order parameter of the chosen run at epochs t."""
+    if choice.schedule == "constant":
+        return fit.predict_trajectory(t, choice.growth, choice.decay_rate, y0)
+    return _integrate(choice, y0, t)
+
+
+def _integrate(choice: Choice, y0: float, t_out: np.ndarray) -> np.ndarray:
+    """dy/dt = A·m^a − D·m·y under a schedule, on a fine grid (midpoint rule), read at t_out."""
+    n = max(400, int(POINTS_PER_EPOCH * choice.epochs))
+    t = np.linspace(0.0, choice.epochs, n + 1)
+    h = choice.epochs / n
+    mid = t[:-1] + h / 2
+    growth = choice.growth * choice.shape(mid)
+    m = np.array([multiplier(choice.schedule, x, choice.epochs, choice.warmup_epochs) for x in mid])
+    decay = choice.decay_rate * m
+    y = np.empty(n + 1)
+    y[0] = y0
+    for i in range(n):
+        y[i + 1] = y[i] + h * (growth[i] - decay[i] * y[i])
+    return np.interp(t_out, t, y)
 
 
 def edge_epoch(choice: Choice, y0: float) -> float | None:
     """When y first reaches the edge (or within SATURATION_GAP of it when saturating)."""
     if choice.growth <= 0:
         return None
+    if choice.schedule != "constant":
+        t = np.linspace(0.0, choice.epochs, 2001)
+        y = _integrate(choice, y0, t)
+        above = np.flatnonzero(y >= EDGE - 1e-4)  # the solve puts y(T) at 1 to ~1e-6
+        return float(t[above[0]]) if above.size else None
     if choice.decay_rate == 0:
         return (EDGE - y0) / choice.growth
     y_eq = choice.growth / choice.decay_rate

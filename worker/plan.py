@@ -21,6 +21,7 @@ from typing import Literal
 
 from app.schemas import MLPSpec, RecommendationSpec
 from edgetune.nets import first_probe_seed
+from edgetune.schedules import mean_multiplier
 from worker.data import Dataset
 from worker.law import EDGE, PRIOR_K, SATURATION_GAP, effective_rate, knobs, max_step
 from worker.probe import ProbeConfig
@@ -79,7 +80,9 @@ def _growth_knobs(spec: RecommendationSpec, batch0: int) -> list[Knobs]:
     # A net that starts at or past the edge still gets probed (to measure and report it).
     y0 = min(_initial_order(spec), 0.5)
     a_target = target_growth(y0, spec.budget.epochs, opt.weight_decay is None, opt.weight_decay)
-    eff_target = a_target / PRIOR_K  # η/((1−α)B) the prior expects
+    # Under a schedule the probes bracket its peak: the constant answer over the mean multiplier.
+    mean = mean_multiplier(opt.schedule, spec.budget.epochs, opt.warmup_epochs)
+    eff_target = a_target / PRIOR_K / mean  # the peak η/((1−α)B) the prior expects
     growth: list[Knobs] = []
     if opt.learning_rate is None:
         # Keep the whole grid inside the stable range: when the target is near the bound, the
@@ -161,7 +164,15 @@ def plan_probes(spec: RecommendationSpec, dataset: Dataset) -> list[PlannedProbe
         PlannedProbe(
             f"p{i:02d}",
             group,
-            ProbeConfig(eta, alpha, wd, batch, first_probe_seed(spec.seed) + i, steps(e, batch)),
+            ProbeConfig(
+                eta,
+                alpha,
+                wd,
+                batch,
+                first_probe_seed(spec.seed) + i,
+                steps(e, batch),
+                nesterov=spec.optimizer.nesterov,
+            ),
             purpose,
             e,
         )

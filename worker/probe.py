@@ -52,6 +52,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from app.schemas import ModelSpec
 from edgetune.nets import EdgeNet, layer_infos, seeded_model
+from edgetune.schedules import Schedule, multiplier
 from worker.data import Dataset
 from worker.order import measure, random_unit_vectors
 
@@ -98,6 +99,12 @@ class ProbeConfig:
     batch_size: int
     seed: int
     steps: int  # optimizer steps to run
+    nesterov: bool = False
+    # The learning-rate schedule (edgetune/schedules.py), over a run of schedule_epochs epochs:
+    # learning_rate is its peak. Probes run constant; scheduled configs are full runs.
+    schedule: Schedule = "constant"
+    schedule_epochs: float = 0.0
+    warmup_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
@@ -110,6 +117,8 @@ class ProbeConfig:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, not {self.steps}")
+        if self.schedule != "constant" and not self.schedule_epochs > 0:
+            raise ValueError(f"a {self.schedule} schedule needs schedule_epochs > 0")
 
 
 @dataclass
@@ -349,11 +358,28 @@ class _Stack:
         momentum = column([c.momentum for c in live])
         decay = column([c.weight_decay for c in live])
         self.decays = any(c.weight_decay > 0 for c in live)
+        self.scheduled = any(c.schedule != "constant" for c in live)
+        # One spec's probes share the flag; a population mixing it is a caller's mistake.
+        if len({c.nesterov for c in live}) > 1:
+            raise ValueError("a population's members must all use Nesterov momentum or none")
+        self.nesterov = bool(live) and live[0].nesterov
         # Per parameter, the (P,) hyperparameters viewed as (P, 1, ...) to broadcast.
         self.hyper = {}
         for name, p in self.params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)
             self.hyper[name] = (neg_lr.view(shape), momentum.view(shape), decay.view(shape))
+
+    def schedule_step(self, step: int, steps_per_epoch: int) -> None:
+        """Set each scheduled member's rate for `step`: its peak times the schedule's multiplier
+        at epoch step/steps_per_epoch (as edgetune.optim's per-step scheduler does)."""
+        epoch = step / steps_per_epoch
+        rates = [
+            -c.learning_rate * multiplier(c.schedule, epoch, c.schedule_epochs, c.warmup_epochs)
+            for c in (self.configs[m] for m in self.members)
+        ]
+        neg_lr = torch.tensor(rates, dtype=torch.float32, device=self.device)
+        for name, (_, momentum, decay) in self.hyper.items():
+            self.hyper[name] = (neg_lr.view(momentum.shape), momentum, decay)
 
     @torch.no_grad()
     def keep(self, positions: list[int]) -> None:
@@ -393,7 +419,8 @@ class _Stack:
                 # buf = d_p exactly, and α = 0 gives buf = d_p, both as in PyTorch.
                 buf = self.momentum_buffers[name]
                 torch.addcmul(d_p, momentum, buf, out=buf)
-                d_p = buf
+                # PyTorch's Nesterov step uses g + α·buf: one more pass, only when asked for.
+                d_p = torch.addcmul(d_p, momentum, buf) if self.nesterov else buf
             p.addcmul_(neg_lr, d_p)  # p -= lr·buf
 
     def _adopt_layout(self, name: str, grad: Tensor) -> Tensor:
@@ -538,6 +565,8 @@ class _Population:
                 ]
             ).to(self.device)
         idx = stack.order[:, position * self.batch : (position + 1) * self.batch]
+        if stack.scheduled:
+            stack.schedule_step(step, self.steps_per_epoch)
         logits = self.train_logits(stack.params, stack.buffers, self.data.x_train[idx])
         losses = _member_losses(logits, self.data.y_train[idx])
         grads = torch.autograd.grad(losses.sum(), tuple(stack.params.values()))

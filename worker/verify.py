@@ -12,9 +12,8 @@ from collections.abc import Callable
 import torch
 
 from app.schemas import RecommendationSpec, Verification, VerificationTrajectory
-from worker import fit
 from worker.data import Dataset
-from worker.law import Choice, order_kind, order_series
+from worker.law import Choice, order_kind, order_series, trajectory
 from worker.probe import ProbeConfig, ProbeProgress, ProbeResult, init_model, run_population
 
 TEST_CHUNK = 1000
@@ -38,12 +37,16 @@ def verify(
         choice.batch_size,
         spec.seed,
         steps,
+        nesterov=spec.optimizer.nesterov,
+        schedule=choice.schedule,
+        schedule_epochs=choice.epochs,
+        warmup_epochs=choice.warmup_epochs,
     )
     (res,) = run_population(
         spec.model, dataset, [config], device=device, on_progress=on_progress, keep_params=True
     )
     t, y = order_series(res.records, order_kind(spec))
-    predicted = fit.predict_trajectory(t, choice.growth, choice.decay_rate, y0)
+    predicted = trajectory(choice, y0, t)
     last_eval = next((r for r in reversed(res.records) if r.val_accuracy is not None), None)
     test_loss, test_accuracy = None, None
     if res.params is not None and res.outcome in ("completed", "stopped"):
