@@ -43,6 +43,7 @@ from worker.verify import verify
 Phase = Literal["probing", "fitting", "verifying"]
 # Enough points per probe for the slope fit (~40), whatever the dataset size.
 MEASUREMENTS_PER_PROBE = 40
+EVALUATIONS_PER_PROBE = 4
 # Share of the job's compute spent on probes when there is no verification: the fits are the rest.
 PROBE_SHARE = 0.98
 NO_PROBES: Mapping[str, ProbeResult] = MappingProxyType({})
@@ -93,17 +94,23 @@ def _run_group(
 ) -> list[ProbeResult]:
     """Train one group of probes as a population; results in the order of `probes`."""
     configs = [p.config for p in probes]
-    # Probes of one group reach the same τ in different numbers of steps: the shortest one sets
-    # the interval, so each probe has at least MEASUREMENTS_PER_PROBE points for its fits.
-    # Evaluations (validation, APJN) are ~10× rarer than measurements.
-    measure_every = max(1, min(c.steps for c in configs) // MEASUREMENTS_PER_PROBE)
+    # Probes of one group reach the same τ in different numbers of steps (4× apart): the interval
+    # is set by their geometric mean, so the shortest has half of MEASUREMENTS_PER_PROBE points
+    # and the longest twice as many. A measurement (χ needs a forward pass on 128 examples) costs
+    # several training steps, so measuring every probe 40 times at the shortest one's cadence
+    # made the probes' wall time 3–4× their share of samples on small CNNs.
+    steps = [c.steps for c in configs]
+    measure_every = max(1, math.isqrt(min(steps) * max(steps)) // MEASUREMENTS_PER_PROBE)
+    # Evaluations (validation loss, APJN) only inform plots and the no-law fallback, which reads
+    # the last one (always taken): a few per probe.
+    eval_every = max(measure_every, max(steps) // EVALUATIONS_PER_PROBE)
     return run_population(
         spec.model,
         dataset,
         configs,
         device=device,
         measure_every=measure_every,
-        eval_every=measure_every * 10,
+        eval_every=eval_every,
         on_progress=on_progress,
         stop_when=_stop_rule(probes, order_kind(spec)),
     )
