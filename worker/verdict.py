@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from app.schemas import Recommendation, Verdict
 
-# Most serious first: the verdict names the first flag raised.
+# Most serious first: the verdict names the first flag raised (exponents_off only informs, so it
+# comes last but one: it names the reason only when nothing weightier is raised).
 CARE: tuple[tuple[str, str], ...] = (
     (
         "probe_diverged",
@@ -26,11 +27,6 @@ CARE: tuple[tuple[str, str], ...] = (
         "best trial run, not a prediction; compare them with your usual settings",
     ),
     (
-        "exponents_off",
-        "this model follows the scaling law only roughly; the learning rate is interpolated "
-        "between the trial runs",
-    ),
-    (
         "edge_unreachable",
         "with the settings you fixed, training does not reach its best regime within the epoch "
         "budget; free the learning rate or raise budget.epochs",
@@ -41,6 +37,11 @@ CARE: tuple[tuple[str, str], ...] = (
         "certain than usual",
     ),
     ("low_r2", "the trial runs' measurements were noisy; the numbers are less certain than usual"),
+    (
+        "exponents_off",
+        "this model follows the scaling law only roughly; the learning rate is interpolated "
+        "between the trial runs",
+    ),
     (
         "outside_validated_regime",
         "the method was validated on MLPs trained on Fashion-MNIST; for this model or data the "
