@@ -345,7 +345,12 @@ class _Stack:
             {k: torch.zeros_like(v) for k, v in params.items()} if self.heavy_ball else {}
         )
         self.order = torch.empty((len(configs), 0), dtype=torch.long, device=device)
-        self.losses: list[Tensor] = []  # (P,) minibatch losses of each step since the last record
+        # Since the last record, per member: the sum of its minibatch losses, how many steps that
+        # is, and the first of those steps whose loss was not finite (−1: none). Running tensors,
+        # not a list of per-step losses: a list kept each step's loss storage alive (about
+        # 1.6 MB per step for 6 members of the paper model), which over a long run without
+        # records grew past 20 GB.
+        self.reset_losses()
         self._set_hyperparameters()
 
     def _set_hyperparameters(self) -> None:
@@ -381,11 +386,25 @@ class _Stack:
         for name, (_, momentum, decay) in self.hyper.items():
             self.hyper[name] = (neg_lr.view(momentum.shape), momentum, decay)
 
+    def reset_losses(self) -> None:
+        members = len(self.members)
+        self.loss_sum = torch.zeros(members, device=self.device)
+        self.first_bad = torch.full((members,), -1, dtype=torch.long, device=self.device)
+        self.loss_steps = 0
+
+    @torch.no_grad()
+    def add_losses(self, losses: Tensor) -> None:
+        """Count one step's (P,) minibatch losses, with no host sync."""
+        self.loss_sum += losses
+        bad = ~torch.isfinite(losses) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, self.loss_steps, self.first_bad)
+        self.loss_steps += 1
+
     @torch.no_grad()
     def keep(self, positions: list[int]) -> None:
         """Drop every member not at `positions`: frozen members cost nothing afterwards.
 
-        Called right after a measurement, when `losses` is empty.
+        Called right after a measurement, when the loss tally is empty.
         """
         index = torch.tensor(positions, dtype=torch.long, device=self.device)
         self.members = [self.members[p] for p in positions]
@@ -398,6 +417,7 @@ class _Stack:
         self.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
         self.order = self.order.index_select(0, index)
         self._set_hyperparameters()
+        self.reset_losses()
 
     @torch.no_grad()
     def sgd_step(self, grads: tuple[Tensor, ...]) -> None:
@@ -573,7 +593,7 @@ class _Population:
         stack.sgd_step(grads)
         # Read at the next record: no host sync per step. Until then a member whose loss went
         # non-finite keeps stepping; its values are meaningless anyway and touch no other.
-        stack.losses.append(losses.detach())
+        stack.add_losses(losses.detach())
 
     def evaluate(self) -> tuple[list[float], list[float]]:
         """Mean validation loss and accuracy per member, in chunks (memory ∝ P × chunk)."""
@@ -598,15 +618,11 @@ class _Population:
             logits = self.shared_logits(stack.params, stack.buffers, self.x_measure)
             losses = _member_losses(logits, self.y_measure.expand(len(stack.members), -1))
             return losses.tolist(), [None] * len(stack.members)
-        per_step = torch.stack(stack.losses).cpu()  # (steps since last record, P)
-        ok = torch.isfinite(per_step)
+        steps = max(1, stack.loss_steps)
         failed_at: list[int | None] = [
-            last_record + int(ok[:, i].logical_not().nonzero()[0])
-            if not bool(ok[:, i].all())
-            else None
-            for i in range(len(stack.members))
+            last_record + bad if bad >= 0 else None for bad in stack.first_bad.tolist()
         ]
-        return per_step.mean(0).tolist(), failed_at
+        return (stack.loss_sum / steps).tolist(), failed_at
 
     def measure(
         self, step: int, last_record: int, with_eval: bool
@@ -616,7 +632,7 @@ class _Population:
         with torch.no_grad():
             host = {k: v.cpu().tolist() for k, v in self.measure_all(stack.params).items()}
             train_loss, failed_at = self._train_losses(step, last_record)
-            stack.losses.clear()
+            stack.reset_losses()
             val_loss: list[float] | None = None
             val_accuracy: list[float] | None = None
             apjn: list[list[float]] | None = None
