@@ -605,7 +605,12 @@ def decide(
     warnings.extend(choice.warnings)
     choice = _within_probes(spec, choice, usable, growth_law, flags, warnings)
     t_edge = edge_epoch(choice, y_start)
-    flags["edge_unreachable"] = t_edge is None or t_edge > choice.epochs * 1.05
+    # A capped rate stops short of the edge by the rule itself (law.MAX_EFFECTIVE_STEP), not
+    # because the law failed: said by its own flag.
+    flags["rate_capped"] = choice.capped
+    flags["edge_unreachable"] = not choice.capped and (
+        t_edge is None or t_edge > choice.epochs * 1.05
+    )
     _range_flags(spec, plan, usable, choice, flags, warnings)
     edge = _edge_summary(kind, y_start, choice, scaling, decay, growths)
     recommendation = Recommendation(

@@ -196,6 +196,9 @@ class Choice:
     schedule: Schedule = "constant"
     warmup_epochs: float = 0.0
     rate_exponent: float = 1.0  # A ∝ η^a: how the schedule's multiplier enters the growth
+    # The free learning rate sits at max_step: the budget is too short to reach the edge inside
+    # the range where the law holds (by design: the best short runs stop short of it too).
+    capped: bool = False
 
     def shape(self, t: np.ndarray) -> np.ndarray:
         """m(t)^a: the growth rate at epoch t as a fraction of the peak's."""
@@ -332,6 +335,7 @@ def choose_config(
         opt.schedule,
         opt.warmup_epochs if opt.schedule == "warmup-cosine" else 0.0,
         rate_exponent,
+        opt.learning_rate is None and eta >= max_step(batch) * (1 - alpha) * (1 - 1e-9),
     )
 
 

@@ -38,6 +38,12 @@ CARE: tuple[tuple[str, str], ...] = (
     ),
     ("low_r2", "the trial runs' measurements were noisy; the numbers are less certain than usual"),
     (
+        "rate_capped",
+        "the epoch budget is short for this model: the learning rate is held at the top of the "
+        "range the method covers, so training ends before the edge (as the best short runs do); "
+        "a longer budget gives a rate it can place exactly",
+    ),
+    (
         "exponents_off",
         "this model follows the scaling law only roughly; the learning rate is interpolated "
         "between the trial runs",
