@@ -73,8 +73,9 @@ RESTART_COMMAND = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql)
 
 
 def spec(seed: int) -> dict[str, Any]:
-    """A job of 2-3 s on one CPU core, with 7 probes in two populations (stored ~0.5 s apart, so a
-    worker can be killed between them): 20000 synthetic points, MLP [32], a 20-epoch budget."""
+    """A job of a few seconds on one CPU core, with 2 probes in one population, stored as each
+    ends (the faster one runs a quarter of the steps, so a worker can be killed between the two
+    stores): 20000 synthetic points, MLP [32], a 20-epoch budget."""
     return {
         "model": {"type": "mlp", "hidden": [32], "activation": "tanh"},
         "dataset": {"name": "synthetic", "synthetic_samples": 20000, "synthetic_features": 16},

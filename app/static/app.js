@@ -281,10 +281,15 @@ function showRecommendation(result) {
       ["batch size B", hyper.batch_size],
       ["weight decay (PyTorch)", hyper.weight_decay],
       ["epochs", hyper.epochs],
+      ...(hyper.schedule && hyper.schedule.name !== "constant"
+        ? [["schedule (η is its peak)", hyper.schedule.name]] : []),
     ]);
     const kwargs = hyper.torch_sgd_kwargs || {};
     // Six significant digits: what a person copies (0.04, not 0.039999999999999994).
-    const args = Object.entries(kwargs).map(([k, v]) => `${k}=${Number(v.toPrecision(6))}`)
+    // Booleans (nesterov) as Python writes them; nesterov=False is PyTorch's default, left out.
+    const args = Object.entries(kwargs)
+      .filter(([k, v]) => !(k === "nesterov" && v === false))
+      .map(([k, v]) => `${k}=${typeof v === "number" ? Number(v.toPrecision(6)) : v ? "True" : "False"}`)
       .join(", ");
     $("#sgd-snippet").textContent = `torch.optim.SGD(model.parameters(), ${args})`;
   } else {
