@@ -187,15 +187,19 @@ async def get_trajectory(job_id: str, db: DatabaseDep, caller: CallerDep) -> Mea
     return await db.run_as(caller, service.get_trajectory, job_id=job_id)
 
 
+# A plot route's responses: the image in every format it renders, or a problem.
+PLOT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {media: {} for media in plots.MEDIA_TYPES.values()}},
+    400: PROBLEM,
+    404: PROBLEM,
+    409: PROBLEM,
+}
+
+
 @router.get(
     "/v1/jobs/{job_id}/plots/{name}",
     response_class=Response,
-    responses={
-        200: {"content": {media: {} for media in plots.MEDIA_TYPES.values()}},
-        400: PROBLEM,
-        404: PROBLEM,
-        409: PROBLEM,
-    },
+    responses=PLOT_RESPONSES,
     tags=["jobs"],
 )
 async def get_plot(
@@ -216,13 +220,7 @@ async def get_plot(
 @router.get(
     "/v1/plots/order",
     response_class=Response,
-    responses={
-        200: {"content": {media: {} for media in plots.MEDIA_TYPES.values()}},
-        400: PROBLEM,
-        404: PROBLEM,
-        409: PROBLEM,
-        422: PROBLEM,
-    },
+    responses={**PLOT_RESPONSES, 422: PROBLEM},
     tags=["jobs"],
 )
 async def compare_plot(
