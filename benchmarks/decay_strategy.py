@@ -17,7 +17,6 @@ The constants are for this model and data: the result is a claim about Fashion-M
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from app.schemas import DatasetSpec, MLPSpec
-from benchmarks.suite import provenance, train_and_read
+from benchmarks.suite import provenance, train_and_read, write_json
 from worker.data import load_dataset
 from worker.probe import ProbeConfig, pick_device
 
@@ -111,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows,
         "training_wall_s": wall,
         "seconds": time.time() - start,
-        "provenance": provenance(device, [])
-        | {"command": " ".join(["benchmarks/decay_strategy.py", *(argv or sys.argv[1:])])},
+        "provenance": provenance(
+            device, argv or sys.argv[1:], script="benchmarks/decay_strategy.py"
+        ),
     }
     out = args.out or Path(__file__).parent / "results" / f"decay_strategy_{device.type}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"wrote {out}")
     return 0
 

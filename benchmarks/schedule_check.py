@@ -15,7 +15,6 @@ machine. A claim about this model and data only.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ import torch
 
 from app.schemas import BudgetSpec, DatasetSpec, MLPSpec, OptimizerSpec, RecommendationSpec
 from benchmarks.recommend_fmnist import timed_engine_run
-from benchmarks.suite import provenance, train_and_read
+from benchmarks.suite import provenance, train_and_read, write_json
 from worker.data import load_dataset
 from worker.probe import ProbeConfig, pick_device
 
@@ -42,8 +41,14 @@ def configs(hyper: dict[str, Any], seeds: int) -> list[ProbeConfig]:
     schedule = hyper["schedule"] or {"name": "constant", "warmup_epochs": 0.0}
     return [
         ProbeConfig(
-            hyper["learning_rate"], hyper["momentum"], hyper["weight_decay"], hyper["batch_size"],
-            seed, 0, schedule=schedule["name"], schedule_epochs=hyper["epochs"],
+            hyper["learning_rate"],
+            hyper["momentum"],
+            hyper["weight_decay"],
+            hyper["batch_size"],
+            seed,
+            0,
+            schedule=schedule["name"],
+            schedule_epochs=hyper["epochs"],
             warmup_epochs=schedule["warmup_epochs"],
         )  # fmt: skip
         for seed in range(seeds)
@@ -112,11 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
         "training_wall_s": wall,
         "seconds": time.time() - start,
-        "provenance": provenance(device, [])
-        | {"command": " ".join(["benchmarks/schedule_check.py", *(argv or sys.argv[1:])])},
+        "provenance": provenance(
+            device, argv or sys.argv[1:], script="benchmarks/schedule_check.py"
+        ),
     }
     out = args.out or Path(__file__).parent / "results" / f"schedule_check_{device.type}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"wrote {out}")
     return 0
 

@@ -273,9 +273,12 @@ def engine_sources() -> str:
     return digest.hexdigest()[:16]
 
 
-def provenance(device: torch.device, argv: list[str]) -> dict[str, Any]:
+def provenance(
+    device: torch.device, argv: list[str], script: str = "benchmarks/suite.py"
+) -> dict[str, Any]:
+    """What a result file records of how it was made (every benchmark's JSON carries it)."""
     return {
-        "command": "benchmarks/suite.py " + " ".join(argv),
+        "command": " ".join([script, *argv]),
         "git": git_revision(),
         "engine_sources_sha256": engine_sources(),
         "machine": machine(device) | {"device_name": device_name(device)},
