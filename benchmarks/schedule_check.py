@@ -25,7 +25,7 @@ import torch
 
 from app.schemas import BudgetSpec, DatasetSpec, MLPSpec, OptimizerSpec, RecommendationSpec
 from benchmarks.recommend_fmnist import timed_engine_run
-from benchmarks.suite import provenance, train_and_read, write_json
+from benchmarks.suite import provenance, recommended_configs, train_and_read, write_json
 from worker.data import load_dataset
 from worker.probe import ProbeConfig, pick_device
 
@@ -35,24 +35,6 @@ SPECS = {
     "warmup-cosine": OptimizerSpec(schedule="warmup-cosine", warmup_epochs=1.0),
 }
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
-
-def configs(hyper: dict[str, Any], seeds: int) -> list[ProbeConfig]:
-    schedule = hyper["schedule"] or {"name": "constant", "warmup_epochs": 0.0}
-    return [
-        ProbeConfig(
-            hyper["learning_rate"],
-            hyper["momentum"],
-            hyper["weight_decay"],
-            hyper["batch_size"],
-            seed,
-            0,
-            schedule=schedule["name"],
-            schedule_epochs=hyper["epochs"],
-            warmup_epochs=schedule["warmup_epochs"],
-        )  # fmt: skip
-        for seed in range(seeds)
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = timed_engine_run(spec, data, device).recommendation
         hyper = rec.model_dump(mode="json")["hyperparameters"]
         arms[name] = {"recommendation": rec.model_dump(mode="json")}
-        trained += configs(hyper, args.seeds)
+        trained += recommended_configs(hyper, range(args.seeds))
     # Reads at quarters of the budget: a record every quarter keeps the population's per-step
     # state bounded (a single read let a long run grow past 18 GB).
     quarters = [EPOCHS * q / 4 for q in (1, 2, 3, 4)]

@@ -484,26 +484,43 @@ def run_engine(spec: RecommendationSpec, dataset: Dataset, device: torch.device)
     }
 
 
+def recommended_configs(hyper: dict[str, Any], seeds: range) -> list[ProbeConfig]:
+    """The recommended run (its schedule included: `learning_rate` is then the peak) per seed."""
+    schedule = hyper.get("schedule") or {"name": "constant", "warmup_epochs": 0.0}
+    knobs = {k: hyper[k] for k in ("learning_rate", "momentum", "weight_decay", "batch_size")}
+    return [
+        ProbeConfig(
+            **knobs,
+            seed=seed,
+            steps=0,
+            schedule=schedule["name"],
+            schedule_epochs=float(hyper["epochs"]),
+            warmup_epochs=schedule["warmup_epochs"],
+        )
+        for seed in seeds
+    ]
+
+
 def train_recommended(
     case: Case, dataset: Dataset, hyper: dict[str, Any], device: torch.device
 ) -> dict[str, Any]:
     """The recommended config for its epochs: seed 0 alone (its wall time is one full run), the
     other seeds as one population."""
-    knobs = {k: hyper[k] for k in ("learning_rate", "momentum", "weight_decay", "batch_size")}
     epochs = float(hyper["epochs"])
     first, one_run_s = train_and_read(
-        case.model, dataset, [ProbeConfig(**knobs, seed=0, steps=0)], [epochs], device
+        case.model, dataset, recommended_configs(hyper, range(1)), [epochs], device
     )
     rest: list[list[dict[str, Any]]] = []
     rest_s = 0.0
     if case.seeds > 1:
-        configs = [ProbeConfig(**knobs, seed=s, steps=0) for s in range(1, case.seeds)]
+        configs = recommended_configs(hyper, range(1, case.seeds))
         rest, rest_s = train_and_read(case.model, dataset, configs, [epochs], device)
     runs = [{"seed": s, **reads[0]} for s, reads in enumerate(first + rest)]
     test = [r["test_accuracy"] for r in runs]
     val = [r["val_accuracy"] for r in runs]
     return {
-        "config": knobs,
+        "config": {k: hyper[k] for k in ("learning_rate", "momentum", "weight_decay", "batch_size")}
+        | {"schedule": hyper.get("schedule")},
         "epochs": epochs,
         "over_budget": epochs > case.epochs * 1.001,
         "runs": runs,

@@ -163,8 +163,7 @@ class Monitor:
         report = TrajectoryReport(
             run=self.run,
             points=[
-                TrajectoryPoint(step=m.step, epoch=m.epoch, value=m.J2, J=m.J)
-                for m in self._unsent
+                TrajectoryPoint(step=m.step, epoch=m.epoch, value=m.J2, J=m.J) for m in self._unsent
             ],
         )
         try:

@@ -229,8 +229,10 @@ class OptimizerSpec(Strict):
     nesterov: StrictBool = False
     # The learning-rate schedule of the run you will do (edgetune/schedules.py): `learning_rate`
     # is then its peak. The probes run at constant rates; the growth law integrates the schedule.
-    schedule: Schedule = "constant"
-    warmup_epochs: Number = Field(1.0, ge=0, le=10_000)  # warmup-cosine only
+    # null = edgetune recommends one (worker/law.py `run_schedule`: warmup-cosine).
+    schedule: Schedule | None = None
+    # warmup-cosine only; null = 5 % of the budget.
+    warmup_epochs: Number | None = Field(None, ge=0, le=10_000)
 
 
 class BudgetSpec(Strict):
@@ -265,9 +267,11 @@ class RecommendationSpec(Strict):
         if not math.isfinite(self.budget.epochs * self.budget.probe_fraction):
             raise ValueError("budget.epochs × budget.probe_fraction must be finite")
         opt = self.optimizer
-        if opt.schedule == "warmup-cosine" and opt.warmup_epochs >= self.budget.epochs:
+        warmup = opt.warmup_epochs
+        warms = opt.schedule in ("warmup-cosine", None)
+        if warms and warmup is not None and warmup >= self.budget.epochs:
             raise ValueError(
-                f"optimizer.warmup_epochs ({opt.warmup_epochs:g}) must be shorter than "
+                f"optimizer.warmup_epochs ({warmup:g}) must be shorter than "
                 f"budget.epochs ({self.budget.epochs:g})"
             )
         if opt.nesterov and opt.momentum == 0:

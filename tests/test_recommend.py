@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from app.schemas import Recommendation, RecommendationSpec
+from edgetune.schedules import mean_multiplier
 from worker import fit, law, recommend
 from worker.data import Dataset, load_dataset
 from worker.plan import PlannedProbe, plan_probes
@@ -62,9 +63,12 @@ def test_plan_is_deterministic_and_within_budget(digits: Dataset) -> None:
     # Clocked in τ = epoch·η/((1−α)B): every probe reaches the same τ.
     taus = [p.epochs * law.effective_rate(p.config.learning_rate, 0.9, 32) for p in plan]
     assert max(taus) == pytest.approx(min(taus))
+    # The free schedule is warmup-cosine (mean rate 1/2 of the peak): probes reach its peak bound.
+    schedule, warmup = law.run_schedule(spec)
+    mean = mean_multiplier(schedule, spec.budget.epochs, warmup)
     for p in plan:
         step = p.config.learning_rate / (1 - p.config.momentum)
-        assert step <= law.max_step(p.config.batch_size) + 1e-12
+        assert step <= law.max_step(p.config.batch_size, mean) + 1e-12
 
 
 def test_default_probe_budget_is_a_fifth_of_a_run(digits: Dataset) -> None:
@@ -201,8 +205,14 @@ def test_chaotic_start_gives_a_reason_not_a_number(digits: Dataset) -> None:
 def test_a_relu_net_at_kaiming_init_is_refused_at_step_0_without_the_word_chaotic(
     digits: Dataset,
 ) -> None:
-    spec = _spec(model={"type": "mlp", "hidden": [64, 64], "activation": "relu",
-                        "init": {"scheme": "kaiming"}})
+    spec = _spec(
+        model={
+            "type": "mlp",
+            "hidden": [64, 64],
+            "activation": "relu",
+            "init": {"scheme": "kaiming"},
+        }
+    )
     rec = _run(spec, digits)
     if rec.hyperparameters is not None:  # the measured χ at init can fall just below 1
         pytest.skip("this seed's Kaiming net starts just below χ = 1")
@@ -281,7 +291,9 @@ def test_choose_config_solves_the_growth_law() -> None:
     k, c = 11.0, 2.0 * train  # the simple theory: c_D = 2S
     # Decay free: no decay, and the edge is met exactly at the end of the budget, at the
     # largest verified batch size whose step stays stable.
-    spec = _spec(budget={"epochs": 20, "probe_fraction": 1.0})
+    # Constant rate: the arithmetic of the law itself (schedules: tests/test_schedules.py).
+    constant = {"schedule": "constant"}
+    spec = _spec(optimizer=constant, budget={"epochs": 20, "probe_fraction": 1.0})
     choice = law.choose_config(
         spec, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32, 64, 128]
     )
@@ -296,7 +308,8 @@ def test_choose_config_solves_the_growth_law() -> None:
     # A user-fixed decay at the theory's edge value saturates: D = A, within the gap at the end
     # (40 epochs: the approach to saturation needs a rate inside the bound).
     fixed = _spec(
-        optimizer={"weight_decay": k / (2 * train)}, budget={"epochs": 40, "probe_fraction": 1}
+        optimizer={"weight_decay": k / (2 * train), **constant},
+        budget={"epochs": 40, "probe_fraction": 1},
     )
     choice = law.choose_config(fixed, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32])
     assert choice.growth == pytest.approx(choice.decay_rate)
@@ -304,7 +317,8 @@ def test_choose_config_solves_the_growth_law() -> None:
     assert y_end == pytest.approx(1 - law.SATURATION_GAP, abs=1e-6)
     # A fixed decay too strong for the edge is said plainly.
     strong = _spec(
-        optimizer={"weight_decay": 4 * k / (2 * train)}, budget={"epochs": 20, "probe_fraction": 1}
+        optimizer={"weight_decay": 4 * k / (2 * train), **constant},
+        budget={"epochs": 20, "probe_fraction": 1},
     )
     choice = law.choose_config(strong, k=k, c=c, y0=0.25, train_size=train, batch_candidates=[32])
     assert any("cannot" in w for w in choice.warnings)

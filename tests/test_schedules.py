@@ -96,7 +96,9 @@ def test_a_scheduled_probe_trains_as_torch_does_with_build_optimizer(
 
 def test_the_law_puts_a_schedules_peak_where_its_integral_meets_the_edge() -> None:
     k, y0 = 11.0, 0.25  # 40 epochs: the peak stays inside the law's bound on η/(1−α)
-    constant = RecommendationSpec.model_validate({**SPEC, "budget": {"epochs": 40}})
+    constant = RecommendationSpec.model_validate(
+        {**SPEC, "budget": {"epochs": 40}, "optimizer": {"schedule": "constant"}}
+    )
     scheduled = RecommendationSpec.model_validate(
         {**SPEC, "budget": {"epochs": 40}, "optimizer": {"schedule": "warmup-cosine"}}
     )
@@ -142,3 +144,17 @@ def test_a_warmup_as_long_as_the_budget_is_refused() -> None:
         RecommendationSpec.model_validate(
             {**SPEC, "optimizer": {"schedule": "warmup-cosine", "warmup_epochs": 10}}
         )
+
+
+def test_a_free_schedule_is_warmup_cosine_with_a_twentieth_warm_up() -> None:
+    free = RecommendationSpec.model_validate({**SPEC, "budget": {"epochs": 40}})
+    assert law.run_schedule(free) == ("warmup-cosine", 2.0)
+    fixed = RecommendationSpec.model_validate(
+        {**SPEC, "optimizer": {"schedule": "cosine", "warmup_epochs": 3}}
+    )
+    assert law.run_schedule(fixed) == ("cosine", 0.0)  # a warm-up only where the shape has one
+    # The recommendation carries the warm-up it was solved for, and the peak is the mean's 1/0.5.
+    choice = law.choose_config(
+        free, k=11.0, c=None, y0=0.25, train_size=50_000, batch_candidates=[32]
+    )
+    assert (choice.schedule, choice.warmup_epochs) == ("warmup-cosine", 2.0)

@@ -49,6 +49,7 @@ from worker.law import (
     order_kind,
     order_series,
     predict,
+    run_schedule,
 )
 from worker.plan import PlannedProbe
 from worker.probe import ProbeConfig, ProbeResult
@@ -646,10 +647,9 @@ def _best_measured(
         return _no_recommendation(reason, kind, warnings)
     best = min(ran, key=lambda g: (_final_val_loss(g), _rate(g.probe.config)))
     cfg = best.probe.config
-    opt = spec.optimizer
-    warmup = opt.warmup_epochs if opt.schedule == "warmup-cosine" else 0.0
+    schedule, warmup = run_schedule(spec)
     # Under a schedule, the peak whose mean rate is the probe's (the same integral of the rate).
-    mean = mean_multiplier(opt.schedule, spec.budget.epochs, warmup)
+    mean = mean_multiplier(schedule, spec.budget.epochs, warmup)
     choice = Choice(
         cfg.learning_rate / mean,
         cfg.momentum,
@@ -659,7 +659,7 @@ def _best_measured(
         0.0,
         0.0,
         (),
-        opt.schedule,
+        schedule,
         warmup,
     )
     loss = _final_val_loss(best)

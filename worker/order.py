@@ -21,10 +21,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch._dynamo  # noqa: F401  (see below)
 from torch import Tensor, nn
 from torch.func import functional_call, vjp
 
 from edgetune.nets import EdgeNet, LayerInfo, activation_derivative, activation_fn
+
+# torch.func.vjp imports torch._dynamo on its first call (1.5–3 s on these CPUs): importing it here
+# moves that once-per-process cost to the worker's start instead of the first job's probes.
 
 Params = dict[str, Tensor]
 

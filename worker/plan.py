@@ -23,7 +23,15 @@ from app.schemas import MLPSpec, RecommendationSpec
 from edgetune.nets import first_probe_seed
 from edgetune.schedules import mean_multiplier
 from worker.data import Dataset
-from worker.law import EDGE, PRIOR_K, SATURATION_GAP, effective_rate, knobs, max_step
+from worker.law import (
+    EDGE,
+    PRIOR_K,
+    SATURATION_GAP,
+    effective_rate,
+    knobs,
+    max_step,
+    run_schedule,
+)
 from worker.probe import ProbeConfig
 
 # Probe learning rates relative to the prior's target: a 4× bracket around it, so the answer
@@ -81,13 +89,14 @@ def _growth_knobs(spec: RecommendationSpec, batch0: int) -> list[Knobs]:
     y0 = min(_initial_order(spec), 0.5)
     a_target = target_growth(y0, spec.budget.epochs, opt.weight_decay is None, opt.weight_decay)
     # Under a schedule the probes bracket its peak: the constant answer over the mean multiplier.
-    mean = mean_multiplier(opt.schedule, spec.budget.epochs, opt.warmup_epochs)
+    schedule, warmup = run_schedule(spec)
+    mean = mean_multiplier(schedule, spec.budget.epochs, warmup)
     eff_target = a_target / PRIOR_K / mean  # the peak η/((1−α)B) the prior expects
     growth: list[Knobs] = []
     if opt.learning_rate is None:
         # Keep the whole grid inside the stable range: when the target is near the bound, the
         # grid slides down so that its top probe sits at the bound.
-        base = min(eff_target, max_step(batch0) / batch0 / max(ETA_FACTORS))
+        base = min(eff_target, max_step(batch0, mean) / batch0 / max(ETA_FACTORS))
         for f in ETA_FACTORS:
             growth.append((base * f * (1 - alpha0) * batch0, alpha0, batch0))
     else:

@@ -43,7 +43,11 @@ from worker.verify import verify
 Phase = Literal["probing", "fitting", "verifying"]
 # Enough points per probe for the slope fit (~40), whatever the dataset size.
 MEASUREMENTS_PER_PROBE = 40
-EVALUATIONS_PER_PROBE = 4
+EVALUATIONS_PER_PROBE = 2
+# A measurement (χ: a forward pass on 128 examples, under vmap) costs about as much as 1–2 training
+# steps at B 32: measuring more often than every 4th step made short probes (a 3-epoch budget on
+# 10k examples: 150 and 37 steps) cost 2× a full run in wall time for a fifth of its samples.
+MIN_MEASURE_INTERVAL = 4
 # Share of the job's compute spent on probes when there is no verification: the fits are the rest.
 PROBE_SHARE = 0.98
 NO_PROBES: Mapping[str, ProbeResult] = MappingProxyType({})
@@ -100,7 +104,9 @@ def _run_group(
     # several training steps, so measuring every probe 40 times at the shortest one's cadence
     # made the probes' wall time 3–4× their share of samples on small CNNs.
     steps = [c.steps for c in configs]
-    measure_every = max(1, math.isqrt(min(steps) * max(steps)) // MEASUREMENTS_PER_PROBE)
+    measure_every = max(
+        MIN_MEASURE_INTERVAL, math.isqrt(min(steps) * max(steps)) // MEASUREMENTS_PER_PROBE
+    )
     # Evaluations (validation loss, APJN) only inform plots and the no-law fallback, which reads
     # the last one (always taken): a few per probe.
     eval_every = max(measure_every, max(steps) // EVALUATIONS_PER_PROBE)
