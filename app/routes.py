@@ -100,13 +100,19 @@ async def create_recommendation(
 async def list_jobs(
     db: DatabaseDep,
     caller: CallerDep,
+    settings: SettingsDep,
     status: JobStatus | None = None,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobPage:
     """Jobs, newest first; pass `next_page_token` back as `page_token` for the next page."""
     return await db.run_as(
-        caller, service.list_jobs, status=status, page_size=page_size, page_token=page_token
+        caller,
+        service.list_jobs,
+        status=status,
+        page_size=page_size,
+        page_token=page_token,
+        lease_seconds=settings.lease_seconds,
     )
 
 

@@ -236,12 +236,17 @@ def get_job(
     worker that has them (fleet.check_plugins)."""
     job = _owned_job(session, job_id, tenant)
     out = job_out(job, _result_summaries(session, [job]).get(job.id))
+    _say_why_waiting(session, job, out, lease_seconds)
+    return out
+
+
+def _say_why_waiting(session: Session, job: Job, out: JobOut, lease_seconds: float | None) -> None:
+    """A queued job needing plugins says whether it waits for a worker that has them."""
     plugins = job.model_plugin or job.dataset_plugin
     if lease_seconds is not None and job.status == JobStatus.QUEUED and plugins:
         # Read now, not at submission: the workers that had its plugins may have gone since.
         spec = RecommendationSpec.model_validate(job.spec)
         out.progress.message = fleet.check_plugins(session, spec, lease_seconds).waiting
-    return out
 
 
 def _encode_token(created_at: datetime, job_id: str, status: str | None) -> str:
@@ -284,8 +289,10 @@ def list_jobs(
     status: JobStatus | None,
     page_size: int,
     page_token: str | None,
+    lease_seconds: float | None = None,
 ) -> JobPage:
-    """Newest first, by keyset (created_at, id): pages stay consistent while jobs are added."""
+    """Newest first, by keyset (created_at, id): pages stay consistent while jobs are added.
+    With `lease_seconds`, queued jobs needing plugins say why they wait, as in get_job."""
     query = select(Job).where(Job.tenant == tenant)
     if status is not None:
         query = query.where(Job.status == status)
@@ -301,6 +308,8 @@ def list_jobs(
     page = rows[:page_size]
     summaries = _result_summaries(session, page)
     jobs = [job_out(job, summaries.get(job.id)) for job in page]
+    for job, out in zip(page, jobs, strict=True):
+        _say_why_waiting(session, job, out, lease_seconds)
     next_token = None
     if len(rows) > page_size:
         last = rows[page_size - 1]

@@ -273,6 +273,11 @@ def engine_sources() -> str:
     return digest.hexdigest()[:16]
 
 
+# Hashed when the benchmark starts, with the engine it imported: editing the tree while a long run
+# goes on must not relabel the parts that run still computes with the code it loaded.
+ENGINE_SOURCES = engine_sources()
+
+
 def provenance(
     device: torch.device, argv: list[str], script: str = "benchmarks/suite.py"
 ) -> dict[str, Any]:
@@ -280,7 +285,7 @@ def provenance(
     return {
         "command": " ".join([script, *argv]),
         "git": git_revision(),
-        "engine_sources_sha256": engine_sources(),
+        "engine_sources_sha256": ENGINE_SOURCES,
         "machine": machine(device) | {"device_name": device_name(device)},
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -496,6 +501,7 @@ def recommended_configs(hyper: dict[str, Any], seeds: range) -> list[ProbeConfig
             schedule=schedule["name"],
             schedule_epochs=float(hyper["epochs"]),
             warmup_epochs=schedule["warmup_epochs"],
+            optimizer=hyper.get("optimizer", "sgd"),
         )
         for seed in seeds
     ]

@@ -1,9 +1,9 @@
 """A recommendation → the optimizer and learning-rate scheduler a pipeline trains with.
 
-The optimizer is SGD with `Hyperparameters.torch_sgd_kwargs`. The scheduler follows the
-recommended schedule's shape (edgetune/schedules.py, the one the growth law integrated) and is
-stepped once per optimizer step; for a constant rate it keeps the rate (a results from before
-schedules carries no schedule and is constant).
+The optimizer is SGD with `Hyperparameters.torch_sgd_kwargs`, or AdamW with `torch_adamw_kwargs`.
+The scheduler follows the recommended schedule's shape (edgetune/schedules.py, the one the growth
+law integrated) and is stepped once per optimizer step; for a constant rate it keeps the rate (a
+result from before schedules carries no schedule and is constant).
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ def hyperparameters(recommendation: Recommendation | Hyperparameters) -> Hyperpa
 
 
 def optimizer(params: Iterable[nn.Parameter], hyper: Hyperparameters) -> Optimizer:
+    if hyper.torch_adamw_kwargs is not None:
+        return torch.optim.AdamW(params, **hyper.torch_adamw_kwargs.model_dump())
+    if hyper.torch_sgd_kwargs is None:
+        raise ValueError("the hyperparameters carry no optimizer arguments")
     return torch.optim.SGD(params, **hyper.torch_sgd_kwargs.model_dump())
 
 

@@ -218,9 +218,12 @@ def known_shape(spec: DatasetSpec) -> tuple[tuple[int, ...], int] | None:
 
 
 class OptimizerSpec(Strict):
-    """SGD in PyTorch's semantics. `null` = let edgetune recommend it; a number = fixed."""
+    """SGD or AdamW in PyTorch's semantics. `null` = let edgetune recommend it; a number = fixed.
 
-    type: Literal["sgd"] = "sgd"
+    AdamW's β1, β2 and ε are PyTorch's defaults (0.9, 0.999, 1e-8), fixed; it takes no
+    `momentum` or `nesterov`, and its `weight_decay` is the decoupled one."""
+
+    type: Literal["sgd", "adamw"] = "sgd"
     learning_rate: Number | None = Field(None, gt=0, le=10)
     momentum: Number | None = Field(None, ge=0, lt=1)
     batch_size: int | None = Field(None, strict=True, ge=1, le=65_536)
@@ -276,6 +279,11 @@ class RecommendationSpec(Strict):
             )
         if opt.nesterov and opt.momentum == 0:
             raise ValueError("optimizer.nesterov needs momentum > 0 (PyTorch's rule)")
+        if opt.type == "adamw" and (opt.momentum is not None or opt.nesterov):
+            raise ValueError(
+                "optimizer.momentum and optimizer.nesterov are SGD's: AdamW's β1 (0.9) plays "
+                "that part and is fixed; leave them out"
+            )
         return self
 
 
@@ -535,6 +543,15 @@ class SGDKwargs(BaseModel):
     nesterov: bool = False
 
 
+class AdamWKwargs(BaseModel):
+    """`torch.optim.AdamW(model.parameters(), **kwargs)`."""
+
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float
+
+
 class ScheduleOut(BaseModel):
     """The recommended run's learning-rate schedule (edgetune/schedules.py shapes), for a
     scheduler stepped once per optimizer step; `edgetune.build_optimizer` builds it."""
@@ -547,14 +564,17 @@ class ScheduleOut(BaseModel):
 
 
 class Hyperparameters(BaseModel):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     learning_rate: float
-    momentum: float
+    momentum: float  # SGD's; 0 under AdamW (its β1 is in torch_adamw_kwargs)
     batch_size: int
     weight_decay: float
     epochs: float
     paper_lambda: float  # weight_decay / 2: the paper's λ in λ‖W‖²
     effective_rate: float | None = None  # η/((1−α)B), at the peak of a schedule
-    torch_sgd_kwargs: SGDKwargs
+    # The optimizer's constructor arguments: exactly one of the two is set.
+    torch_sgd_kwargs: SGDKwargs | None = None
+    torch_adamw_kwargs: AdamWKwargs | None = None
     schedule: ScheduleOut | None = None  # None: constant rate (results before schedules)
 
 
@@ -676,6 +696,7 @@ __all__ += [
     "SaturatingDecay",
     "ScalingFit",
     "SGDKwargs",
+    "AdamWKwargs",
     "ScheduleOut",
     "Trajectory",
     "Validity",

@@ -195,8 +195,14 @@ def print_recommendation(result: Recommendation, *, details: bool = False) -> No
     else:
         skip = frozenset() if details else TECHNICAL
         out.print(_facts("Recommended hyperparameters", hyper, skip))
-        args = ", ".join(f"{k}={v!r}" for k, v in hyper.torch_sgd_kwargs.model_dump().items())
-        out.print(f"torch.optim.SGD(model.parameters(), {args})", highlight=False)
+        name, kwargs = (
+            ("AdamW", hyper.torch_adamw_kwargs)
+            if hyper.torch_adamw_kwargs is not None
+            else ("SGD", hyper.torch_sgd_kwargs)
+        )
+        if kwargs is not None:
+            args = ", ".join(f"{k}={v!r}" for k, v in kwargs.model_dump().items())
+            out.print(f"torch.optim.{name}(model.parameters(), {args})", highlight=False)
     if result.verification is not None:
         out.print(_facts("Verification run", result.verification))
     if not details:

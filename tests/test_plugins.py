@@ -244,6 +244,9 @@ def _waits_when_its_workers_are_gone(http: httpx.Client, reader: Session) -> Non
     assert job["status"] == "queued"
     message = job["progress"]["message"]
     assert "waiting for a worker with 'residual-cnn' and 'fashion-mnist-view'" in message, job
+    # The job list says so too (the CLI's and the dashboard's view of every job).
+    (listed,) = [j for j in http.get("/v1/jobs").json()["jobs"] if j["id"] == job["id"]]
+    assert listed["progress"]["message"] == message
     check = fleet.check_plugins(reader, RecommendationSpec.model_validate(SPEC), 60)
     assert check.unknown == [] and check.waiting is not None
 

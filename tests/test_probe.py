@@ -102,6 +102,27 @@ def test_population_equals_sequential_sgd(spec, digits):
         assert all(r.apjn is not None for r in result.records if r.step in evals)
 
 
+ADAMW_RUNS = [(1e-3, 0.0, 40), (3e-3, 0.05, 20), (1e-2, 0.01, 40)]  # (η, wd, steps)
+
+
+@pytest.mark.parametrize("spec", [MLP, CNN], ids=["mlp", "cnn"])
+def test_population_equals_sequential_adamw(spec, digits):
+    # Decoupled decay on some members, and a member dropped midway (the state is compacted).
+    configs = [
+        ProbeConfig(learning_rate=lr, momentum=0.0, weight_decay=wd, batch_size=16, seed=seed,
+                    steps=steps, optimizer="adamw")
+        for seed, (lr, wd, steps) in enumerate(ADAMW_RUNS)
+    ]  # fmt: skip
+    results = run_population(spec, digits, configs, device=CPU, measure_every=10, keep_params=True)
+    for config, result in zip(configs, results, strict=True):
+        assert result.outcome == "completed" and result.steps_done == config.steps
+        assert_same_params(result, train_sequential(spec, digits, config, device=CPU))
+    with pytest.raises(ValueError, match="same optimizer"):
+        run_population(MLP, digits, [configs[0], mixed_configs(5)[1]], device=CPU)
+    with pytest.raises(ValueError, match="momentum"):
+        ProbeConfig(1e-3, 0.9, 0.0, 16, 0, 5, optimizer="adamw")
+
+
 def test_population_without_momentum_or_decay_equals_sequential_sgd(digits):
     # No member with momentum or decay: the engine skips those passes (and the buffers).
     configs = [

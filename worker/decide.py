@@ -17,12 +17,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from app.schemas import (
+    AdamWKwargs,
     DecayFit,
     EdgeSummary,
     Estimate,
     GrowthFit,
     Hyperparameters,
     MLPSpec,
+    OptimizerSpec,
     OrderKind,
     PluginModelSpec,
     ProbeGrowth,
@@ -45,6 +47,7 @@ from worker.law import (
     edge_epoch,
     effective_rate,
     knobs,
+    momentum_free,
     order_description,
     order_kind,
     order_series,
@@ -52,7 +55,7 @@ from worker.law import (
     run_schedule,
 )
 from worker.plan import PlannedProbe
-from worker.probe import ProbeConfig, ProbeResult
+from worker.probe import ADAMW_BETAS, ADAMW_EPS, ProbeConfig, ProbeResult
 
 # Flags that make a recommendation doubtful (validity.ok false); the others only inform.
 DOUBTFUL = (
@@ -134,7 +137,7 @@ def _free_knobs(spec: RecommendationSpec) -> tuple[fit.Knob, ...]:
         free.append("eta")
     if opt.batch_size is None:
         free.append("batch")
-    if opt.momentum is None:
+    if momentum_free(spec):
         free.append("momentum")
     return tuple(free)
 
@@ -160,14 +163,22 @@ def _validated_regime(spec: RecommendationSpec, kind: OrderKind) -> str | None:
 def _criterion_note(spec: RecommendationSpec) -> str | None:
     """Where the edge criterion rests on this project's measurements rather than the paper."""
     model = spec.model
+    notes = []
     if isinstance(model, MLPSpec) and (len(model.hidden) > 1 or model.activation != "tanh"):
-        return (
+        notes.append(
             "for deeper or non-tanh MLPs, steering the fastest-growing layer's J to 1 at the end "
             "of the budget is an empirical rule from this project's grids (784-512-512 tanh on "
             "MNIST and ReLU on Fashion-MNIST, 10 epochs: the best configurations ended at "
             "J ≈ 0.97–1.02), not the paper's theory"
         )
-    return None
+    if spec.optimizer.type == "adamw":
+        notes.append(
+            "AdamW is outside the paper's theory: its growth law is this project's measurement "
+            "(benchmarks/results/adamw_law_cpu.json: the paper model and a small CNN on "
+            "Fashion-MNIST), and reaching the edge at the end of the budget under AdamW was "
+            "checked on the paper model at 20 epochs only (benchmarks/results/adamw_check_cpu.json)"
+        )
+    return "; ".join(notes) or None
 
 
 def _rate(config: ProbeConfig) -> float:
@@ -183,7 +194,6 @@ def initial_refusal(spec: RecommendationSpec, y0: float, *, normalised: bool) ->
     """Why no probe can help, judged on the untrained network (y0: its order parameter; normalised:
     it has BatchNorm layers), or None. Each reason is true for that kind of network, and its
     advice is a change the spec can express."""
-    model = spec.model
     if normalised:
         return (
             "this network normalises its layers (BatchNorm): its function does not change with "
@@ -205,14 +215,21 @@ def initial_refusal(spec: RecommendationSpec, y0: float, *, normalised: bool) ->
             "training can only move it further from the edge. No probes were run. Initialise "
             "with a smaller weight scale (e.g. model.init: {scheme: edge, J: 0.5}) and ask again."
         )
-    kaiming = getattr(getattr(model, "init", None), "scheme", "") == "kaiming"
+    # Networks without a chaotic phase (ReLU family) that start at χ ≥ 1 are probed and answered
+    # with the best probe (decide, `_at_the_boundary`): the usual Kaiming init puts them there.
+    return None
+
+
+def _at_the_boundary(spec: RecommendationSpec, y0: float) -> str:
+    """Why no growth law places a network without a chaotic phase that starts at χ ≥ 1."""
+    kaiming = getattr(getattr(spec.model, "init", None), "scheme", "") == "kaiming"
     return (
         f"the network starts at χ = {y0:.2f} ≥ 1, the boundary between vanishing and exploding "
         f"gradients ({_activation(spec)} networks have no chaotic phase"
         + ("; kaiming initialisation puts them there by design" if kaiming else "")
-        + "). The growth law steers χ up to 1 from below, so it cannot place this run. No "
-        "probes were run. For a recommendation, start below the boundary (model.init: "
-        "{scheme: edge, J: 1.0} gives χ ≈ 0.5 for ReLU)"
+        + "); the growth law steers χ up to 1 from below, so it cannot place this run. To have "
+        "the law place it, start below the boundary (model.init: {scheme: edge, J: 1.0} gives "
+        "χ ≈ 0.5 for ReLU)"
     )
 
 
@@ -393,8 +410,10 @@ def _schedule(choice: Choice, train_size: int) -> ScheduleOut:
     )
 
 
-def _hyperparameters(choice: Choice, train_size: int, nesterov: bool = False) -> Hyperparameters:
+def _hyperparameters(choice: Choice, train_size: int, opt: OptimizerSpec) -> Hyperparameters:
+    adamw = opt.type == "adamw"
     return Hyperparameters(
+        optimizer=opt.type,
         learning_rate=choice.learning_rate,
         momentum=choice.momentum,
         batch_size=choice.batch_size,
@@ -402,12 +421,22 @@ def _hyperparameters(choice: Choice, train_size: int, nesterov: bool = False) ->
         epochs=choice.epochs,
         paper_lambda=choice.weight_decay / 2,
         effective_rate=effective_rate(choice.learning_rate, choice.momentum, choice.batch_size),
-        torch_sgd_kwargs=SGDKwargs(
+        torch_sgd_kwargs=None
+        if adamw
+        else SGDKwargs(
             lr=choice.learning_rate,
             momentum=choice.momentum,
             weight_decay=choice.weight_decay,
-            nesterov=nesterov,
+            nesterov=opt.nesterov,
         ),
+        torch_adamw_kwargs=AdamWKwargs(
+            lr=choice.learning_rate,
+            betas=ADAMW_BETAS,
+            eps=ADAMW_EPS,
+            weight_decay=choice.weight_decay,
+        )
+        if adamw
+        else None,
         schedule=_schedule(choice, train_size),
     )
 
@@ -557,6 +586,9 @@ def decide(
     if not y0s:
         return _no_recommendation("no probe produced a measurement", kind, warnings)
     y0 = float(np.median(y0s))
+    if y0 >= EDGE and _activation(spec) not in ("tanh", None):
+        reason = _at_the_boundary(spec, y0)
+        return _best_measured(spec, growths, kind, y0, reason, warnings, train_size)
     if y0 >= EDGE:
         return _no_recommendation(
             f"the network starts chaotic (order parameter {y0:.2f} ≥ 1 at initialisation): "
@@ -615,7 +647,7 @@ def decide(
     _range_flags(spec, plan, usable, choice, flags, warnings)
     edge = _edge_summary(kind, y_start, choice, scaling, decay, growths)
     recommendation = Recommendation(
-        hyperparameters=_hyperparameters(choice, train_size, spec.optimizer.nesterov),
+        hyperparameters=_hyperparameters(choice, train_size, spec.optimizer),
         edge=edge.model_copy(update={"initial": y0}),
         validity=Validity(
             ok=not any(flags.get(f) for f in DOUBTFUL), flags=flags, warnings=warnings
@@ -671,7 +703,7 @@ def _best_measured(
         + " after the same training time τ as the others"
     )
     recommendation = Recommendation(
-        hyperparameters=_hyperparameters(choice, train_size, spec.optimizer.nesterov),
+        hyperparameters=_hyperparameters(choice, train_size, spec.optimizer),
         edge=EdgeSummary(
             order_parameter=order_description(kind),
             initial=y0,

@@ -36,6 +36,14 @@ from worker import fit
 
 # Only used to place the probes' learning rates; every recommendation uses the fitted k.
 PRIOR_K = 11.0
+# AdamW (β 0.9/0.999), measured on the paper model (Fashion-MNIST, B 32, 1-epoch probes,
+# benchmarks/results/adamw_law_cpu.json): J² grows per optimizer step like PRIOR_K_ADAMW·η^a with
+# a ≈ 1.4 (A = 0.10, 0.26, 0.69, 1.8 per epoch at η = 2.5e-4 … 2e-3), steepening above 2e-3
+# (6.3 per epoch at 4e-3). Adam's step is normalised per weight, so the law is not the SGD one in
+# η/((1−α)B). The prior only places the probes; ADAMW_MAX_LR is the top of the measured range.
+PRIOR_K_ADAMW = 6.35
+PRIOR_A_ADAMW = 1.4
+ADAMW_MAX_LR = 2e-3
 DEFAULT_MOMENTUM = 0.9
 BASE_BATCH = 32
 # With decay saturating at the edge, the run should end within this fraction of the edge.
@@ -146,7 +154,7 @@ def probe_order(kind: OrderKind, records: Sequence[OrderRecord], rate: float) ->
     )
 
 
-def max_step(batch: int, schedule_mean: float = 1.0) -> float:
+def max_step(batch: int, schedule_mean: float = 1.0, optimizer: str = "sgd") -> float:
     """The largest η/(1−α) the plan probes or recommends at batch size `batch`: for a schedule,
     its peak, whose mean rate (`schedule_mean` of the peak) stays inside the law's range.
 
@@ -155,8 +163,20 @@ def max_step(batch: int, schedule_mean: float = 1.0) -> float:
     0.3 at 10 (benchmarks/results/schedule_peaks_cpu.json), and ended at J ≈ 1.0 at 10 epochs as
     the law predicts. The peak never exceeds twice the constant bound (the old stability cap).
     """
+    if optimizer == "adamw":
+        # Adam's step is normalised per weight: no gradient-noise scaling with B.
+        return ADAMW_MAX_LR / max(schedule_mean, 0.5)
     bound = MAX_EFFECTIVE_STEP * math.sqrt(max(batch, BASE_BATCH) / BASE_BATCH)
     return min(1.0, bound / max(schedule_mean, 0.5))
+
+
+def prior_rate(spec: RecommendationSpec, a_target: float, batch: int, train_size: int) -> float:
+    """The η/((1−α)B) the prior expects to grow the order parameter at `a_target` per epoch:
+    only where the probes go, never the answer (which uses the fitted law)."""
+    if spec.optimizer.type == "adamw":
+        per_step = a_target / max(1, train_size // batch)
+        return (per_step / PRIOR_K_ADAMW) ** (1 / PRIOR_A_ADAMW) / batch
+    return a_target / PRIOR_K
 
 
 def knobs(spec: RecommendationSpec) -> tuple[float, int]:
@@ -170,10 +190,17 @@ def knobs(spec: RecommendationSpec) -> tuple[float, int]:
     """
     momentum = spec.optimizer.momentum
     batch = spec.optimizer.batch_size
+    if spec.optimizer.type == "adamw":
+        momentum = 0.0  # no SGD momentum: AdamW's β1 is fixed (worker.probe.ADAMW_BETAS)
     return (
         DEFAULT_MOMENTUM if momentum is None else momentum,
         BASE_BATCH if batch is None else batch,
     )
+
+
+def momentum_free(spec: RecommendationSpec) -> bool:
+    """Whether the answer chooses SGD's momentum (never under AdamW, which has none)."""
+    return spec.optimizer.type == "sgd" and spec.optimizer.momentum is None
 
 
 def run_schedule(spec: RecommendationSpec) -> tuple[Schedule, float]:
@@ -265,8 +292,8 @@ def _solve_knobs(
 ) -> tuple[float, float, int]:
     """(η, α, B) for the free knobs so that the law gives `a_target`."""
     opt = spec.optimizer
-    top = partial(max_step, schedule_mean=schedule_mean)
-    alpha = DEFAULT_MOMENTUM if opt.momentum is None else opt.momentum
+    top = partial(max_step, schedule_mean=schedule_mean, optimizer=opt.type)
+    alpha, _ = knobs(spec)
     if opt.learning_rate is None:
         # η for each candidate batch size; keep the largest batch whose η stays stable.
         batches = [opt.batch_size] if opt.batch_size is not None else sorted(batch_candidates)
@@ -288,7 +315,7 @@ def _solve_knobs(
         inv = _solve(lambda x: law(eta, alpha, 1 / x), a_target, 1 / train_size, 1.0)
         return eta, alpha, int(min(train_size, max(1, round(1 / inv))))
     batch = opt.batch_size
-    if opt.momentum is None:
+    if momentum_free(spec):
         low, high = law(eta, 0.0, batch), law(eta, 0.99, batch)
         if a_target <= low:
             alpha = 0.0
@@ -371,7 +398,7 @@ def choose_config(
         warmup,
         rate_exponent,
         opt.learning_rate is None
-        and eta >= max_step(batch, rate_mean) * (1 - alpha) * (1 - 1e-9),
+        and eta >= max_step(batch, rate_mean, opt.type) * (1 - alpha) * (1 - 1e-9),
     )
 
 

@@ -25,11 +25,12 @@ from edgetune.schedules import mean_multiplier
 from worker.data import Dataset
 from worker.law import (
     EDGE,
-    PRIOR_K,
     SATURATION_GAP,
     effective_rate,
     knobs,
     max_step,
+    momentum_free,
+    prior_rate,
     run_schedule,
 )
 from worker.probe import ProbeConfig
@@ -80,7 +81,7 @@ def target_growth(y0: float, epochs: float, decay_free: bool, fixed_decay: float
     return gap / epochs
 
 
-def _growth_knobs(spec: RecommendationSpec, batch0: int) -> list[Knobs]:
+def _growth_knobs(spec: RecommendationSpec, batch0: int, train_size: int) -> list[Knobs]:
     """Growth probes at batch0: η around the target (or the user's η and, with α free, an α = 0
     twin)."""
     opt = spec.optimizer
@@ -91,17 +92,19 @@ def _growth_knobs(spec: RecommendationSpec, batch0: int) -> list[Knobs]:
     # Under a schedule the probes bracket its peak: the constant answer over the mean multiplier.
     schedule, warmup = run_schedule(spec)
     mean = mean_multiplier(schedule, spec.budget.epochs, warmup)
-    eff_target = a_target / PRIOR_K / mean  # the peak η/((1−α)B) the prior expects
+    # The peak η/((1−α)B) the prior expects.
+    eff_target = prior_rate(spec, a_target, batch0, train_size) / mean
     growth: list[Knobs] = []
     if opt.learning_rate is None:
         # Keep the whole grid inside the stable range: when the target is near the bound, the
         # grid slides down so that its top probe sits at the bound.
-        base = min(eff_target, max_step(batch0, mean) / batch0 / max(ETA_FACTORS))
+        top = max_step(batch0, mean, opt.type)
+        base = min(eff_target, top / batch0 / max(ETA_FACTORS))
         for f in ETA_FACTORS:
             growth.append((base * f * (1 - alpha0) * batch0, alpha0, batch0))
     else:
         growth.append((opt.learning_rate, alpha0, batch0))
-    if opt.learning_rate is not None and opt.momentum is None:
+    if opt.learning_rate is not None and momentum_free(spec):
         # The answer solves for α: the α = 0 twin measures how growth rises with 1/(1−α).
         growth.append((opt.learning_rate, 0.0, batch0))
     # Drop near-duplicates (the stability cap can fold the top factors onto one η).
@@ -154,7 +157,7 @@ def plan_probes(spec: RecommendationSpec, dataset: Dataset) -> list[PlannedProbe
     of a user-fixed decay)."""
     _, batch0 = knobs(spec)
     batch0 = min(batch0, dataset.train_size)
-    growth = _growth_knobs(spec, batch0)
+    growth = _growth_knobs(spec, batch0, dataset.train_size)
     big_batch = _big_batch_knobs(spec, dataset, growth, batch0)
     decay = _decay_knobs(spec, dataset, growth)
 
@@ -181,6 +184,7 @@ def plan_probes(spec: RecommendationSpec, dataset: Dataset) -> list[PlannedProbe
                 first_probe_seed(spec.seed) + i,
                 steps(e, batch),
                 nesterov=spec.optimizer.nesterov,
+                optimizer=spec.optimizer.type,
             ),
             purpose,
             e,

@@ -84,6 +84,9 @@ EVALS_PER_EPOCH = 2
 # under ~2.5% of the training time; at 20 and 2 per epoch on Fashion-MNIST each is about 1.5%.
 MEASURE_FLOOR_SAMPLES = 2048
 EVAL_FLOOR_SAMPLES = 16384
+# AdamW's β1, β2 and ε: PyTorch's defaults, fixed (not recommended).
+ADAMW_BETAS = (0.9, 0.999)
+ADAMW_EPS = 1e-8
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -100,6 +103,9 @@ class ProbeConfig:
     seed: int
     steps: int  # optimizer steps to run
     nesterov: bool = False
+    # "adamw": torch.optim.AdamW with ADAMW_BETAS and ADAMW_EPS; `momentum` must then be 0 (β1
+    # plays its part) and `weight_decay` is AdamW's decoupled decay.
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     # The learning-rate schedule (edgetune/schedules.py), over a run of schedule_epochs epochs:
     # learning_rate is its peak. Probes run constant; scheduled configs are full runs.
     schedule: Schedule = "constant"
@@ -117,6 +123,8 @@ class ProbeConfig:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, not {self.steps}")
+        if self.optimizer == "adamw" and (self.momentum != 0 or self.nesterov):
+            raise ValueError("an AdamW config takes no SGD momentum (its β1 is ADAMW_BETAS[0])")
         if self.schedule != "constant" and not self.schedule_epochs > 0:
             raise ValueError(f"a {self.schedule} schedule needs schedule_epochs > 0")
 
@@ -291,12 +299,22 @@ def train_sequential(
         raise ValueError(f"batch_size {batch} exceeds the {data.train_size} training examples")
     model = init_model(model_spec, dataset, config.seed).to(device)
     model.train()
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.learning_rate,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
+    optimizer: torch.optim.Optimizer
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=config.learning_rate,
+            betas=ADAMW_BETAS,
+            eps=ADAMW_EPS,
+            weight_decay=config.weight_decay,
+        )
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.learning_rate,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
     generator = _order_generator(config.seed)
     order = torch.empty(0, dtype=torch.long, device=device)
     for step in range(steps):
@@ -339,6 +357,17 @@ class _Stack:
         # the gradient of its own loss (members share no parameters).
         self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         self.buffers = {k: v.detach() for k, v in buffers.items()}
+        # One spec's probes share the optimizer; a population mixing them is a caller's mistake.
+        if len({c.optimizer for c in configs}) > 1:
+            raise ValueError("a population's members must all use the same optimizer")
+        self.adamw = bool(configs) and configs[0].optimizer == "adamw"
+        self.adam_steps = 0
+        # AdamW's first and second moments (exp_avg, exp_avg_sq), stacked like the parameters.
+        self.adam_state: dict[str, tuple[Tensor, Tensor]] = (
+            {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()}
+            if self.adamw
+            else {}
+        )
         # Members only ever leave, so a population without momentum never needs the buffers.
         self.heavy_ball = any(c.momentum > 0 for c in configs)
         self.momentum_buffers = (
@@ -414,6 +443,10 @@ class _Stack:
         self.momentum_buffers = {
             k: v.index_select(0, index) for k, v in self.momentum_buffers.items()
         }
+        self.adam_state = {
+            k: (m.index_select(0, index), v.index_select(0, index))
+            for k, (m, v) in self.adam_state.items()
+        }
         self.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
         self.order = self.order.index_select(0, index)
         self._set_hyperparameters()
@@ -442,6 +475,24 @@ class _Stack:
                 # PyTorch's Nesterov step uses g + α·buf: one more pass, only when asked for.
                 d_p = torch.addcmul(d_p, momentum, buf) if self.nesterov else buf
             p.addcmul_(neg_lr, d_p)  # p -= lr·buf
+
+    def adamw_step(self, grads: tuple[Tensor, ...]) -> None:
+        """PyTorch's AdamW (single-tensor algorithm, no amsgrad) on every member at once:
+        p ← p·(1 − lr·wd), then p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε)."""
+        beta1, beta2 = ADAMW_BETAS
+        self.adam_steps += 1
+        correction1 = 1 - beta1**self.adam_steps
+        root_correction2 = math.sqrt(1 - beta2**self.adam_steps)
+        for (name, p), g in zip(list(self.params.items()), grads, strict=True):
+            neg_lr, _, decay = self.hyper[name]
+            with torch.no_grad():
+                if self.decays:
+                    p.mul_(1 + neg_lr * decay)
+                m, v = self.adam_state[name]
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v.sqrt() / root_correction2).add_(ADAMW_EPS)
+                p.addcdiv_(neg_lr * (m / correction1), denom)
 
     def _adopt_layout(self, name: str, grad: Tensor) -> Tensor:
         """Store a parameter (and its momentum) in the memory layout its gradient comes in.
@@ -590,7 +641,10 @@ class _Population:
         logits = self.train_logits(stack.params, stack.buffers, self.data.x_train[idx])
         losses = _member_losses(logits, self.data.y_train[idx])
         grads = torch.autograd.grad(losses.sum(), tuple(stack.params.values()))
-        stack.sgd_step(grads)
+        if stack.adamw:
+            stack.adamw_step(grads)
+        else:
+            stack.sgd_step(grads)
         # Read at the next record: no host sync per step. Until then a member whose loss went
         # non-finite keeps stepping; its values are meaningless anyway and touch no other.
         stack.add_losses(losses.detach())

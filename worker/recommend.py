@@ -73,7 +73,7 @@ def _stop_rule(
         if probes[member].purpose != "growth" or len(records) < 8:
             return False
         t, y = order_series(records, kind)
-        if y[-1] >= 0.95 * EDGE:
+        if y[-1] >= 0.95 * EDGE > y[0]:  # it grew to the edge (one that starts there runs on)
             return True
         t_min = fit.transient_end(t, y)
         keep = t >= t_min

@@ -38,6 +38,7 @@ def verify(
         spec.seed,
         steps,
         nesterov=spec.optimizer.nesterov,
+        optimizer=spec.optimizer.type,
         schedule=choice.schedule,
         schedule_epochs=choice.epochs,
         warmup_epochs=choice.warmup_epochs,

@@ -77,6 +77,10 @@ function el(tag, text, className) {
   return node;
 }
 
+function adamwOf(hyper) {
+  return hyper.optimizer === "adamw";
+}
+
 function fmt(value) {
   if (value === null || value === undefined) return "–";
   if (typeof value === "number") {
@@ -277,21 +281,25 @@ function showRecommendation(result) {
   if (hyper) {
     factRows($("#hyperparameters"), [
       ["learning rate η", hyper.learning_rate],
-      ["momentum α", hyper.momentum],
+      ...(adamwOf(hyper) ? [["optimizer", "AdamW (β 0.9, 0.999)"]] : [["momentum α", hyper.momentum]]),
       ["batch size B", hyper.batch_size],
       ["weight decay (PyTorch)", hyper.weight_decay],
       ["epochs", hyper.epochs],
       ...(hyper.schedule && hyper.schedule.name !== "constant"
         ? [["schedule (η is its peak)", hyper.schedule.name]] : []),
     ]);
-    const kwargs = hyper.torch_sgd_kwargs || {};
+    const adamw = Boolean(hyper.torch_adamw_kwargs);
+    const kwargs = (adamw ? hyper.torch_adamw_kwargs : hyper.torch_sgd_kwargs) || {};
+    const number = (v) => Number(v.toPrecision(6));
     // Six significant digits: what a person copies (0.04, not 0.039999999999999994).
     // Booleans (nesterov) as Python writes them; nesterov=False is PyTorch's default, left out.
     const args = Object.entries(kwargs)
       .filter(([k, v]) => !(k === "nesterov" && v === false))
-      .map(([k, v]) => `${k}=${typeof v === "number" ? Number(v.toPrecision(6)) : v ? "True" : "False"}`)
+      .map(([k, v]) => `${k}=${Array.isArray(v) ? `(${v.map(number).join(", ")})`
+        : typeof v === "number" ? number(v) : v ? "True" : "False"}`)
       .join(", ");
-    $("#sgd-snippet").textContent = `torch.optim.SGD(model.parameters(), ${args})`;
+    const name = adamw ? "AdamW" : "SGD";
+    $("#sgd-snippet").textContent = `torch.optim.${name}(model.parameters(), ${args})`;
   } else {
     factRows($("#hyperparameters"), [["no recommendation", validity.reason || "see warnings"]]);
     $("#sgd-snippet").textContent = "";
@@ -392,6 +400,10 @@ async function refreshJob(jobId) {
   $("#job-progress-text").textContent = stopped ? `${probes} stored`
     : `${Math.round((progress.fraction || 0) * 100)}% · ${probes}`
       + (ended ? "" : ` · ETA ${eta(progress.eta_seconds)}`);
+  // Why a queued job waits beyond its turn (no live worker advertises its plugin): said, not
+  // left as a bar at 0 %.
+  $("#job-waiting").hidden = ended || !progress.message;
+  $("#job-waiting").textContent = ended ? "" : progress.message || "";
   $("#job-cancel").hidden = TERMINAL.includes(job.status);
   $("#job-error").hidden = !job.error;
   $("#job-error").textContent = job.error || "";
