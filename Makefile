@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The torch build pinned for this machine kind (pip finds it on local disk). Any torch>=2.3 works;
 # override e.g. `make TORCH="torch torchvision" install` elsewhere.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= server,worker,dev,benchmarks
+EXTRAS ?= server,worker,dev,benchmarks,lightning
 
 .PHONY: install test lint demo serve
 

@@ -36,9 +36,11 @@ from edgetune.schemas import (
     PLOT_NAMES,
     TERMINAL_STATUSES,
     Estimate,
+    Hyperparameters,
     JobOut,
     OrderParameter,
     Recommendation,
+    ScheduleOut,
 )
 from edgetune_cli.local import embedded
 from edgetune_cli.output import CliError, err, out
@@ -184,6 +186,26 @@ VERDICT_STYLES = {"use": "bold green", "care": "bold yellow", "dont": "bold red"
 TECHNICAL = frozenset({"paper_lambda", "effective_rate"})
 
 
+def _schedule_cell(schedule: ScheduleOut | None) -> str:
+    if schedule is None or schedule.name == "constant":
+        return "constant"
+    warmup = f", {schedule.warmup_epochs:.3g}-epoch warm-up" if schedule.warmup_epochs else ""
+    return f"{schedule.name}{warmup} (learning_rate is its peak; stepped every optimizer step)"
+
+
+def _hyper_table(hyper: Hyperparameters, details: bool) -> Table:
+    """The numbers to use: the optimizer's constructor arguments are the snippet below it."""
+    skip = {"torch_sgd_kwargs", "torch_adamw_kwargs", "schedule", "optimizer"}
+    if not details:
+        skip |= TECHNICAL
+    if hyper.optimizer == "adamw":
+        skip.add("momentum")  # AdamW has none; its betas are in the snippet
+    table = _facts("Recommended hyperparameters", hyper, frozenset(skip))
+    table.add_row("optimizer", "AdamW" if hyper.optimizer == "adamw" else "SGD")
+    table.add_row("schedule", _schedule_cell(hyper.schedule))
+    return table
+
+
 def print_recommendation(result: Recommendation, *, details: bool = False) -> None:
     """The verdict first, then the numbers to use; the evidence behind them with details."""
     if result.verdict is not None:
@@ -193,8 +215,7 @@ def print_recommendation(result: Recommendation, *, details: bool = False) -> No
         # A finished job can still conclude that no configuration reaches the edge; it says why.
         out.print(Text("No recommendation could be made.", style="bold"))
     else:
-        skip = frozenset() if details else TECHNICAL
-        out.print(_facts("Recommended hyperparameters", hyper, skip))
+        out.print(_hyper_table(hyper, details))
         name, kwargs = (
             ("AdamW", hyper.torch_adamw_kwargs)
             if hyper.torch_adamw_kwargs is not None

@@ -407,3 +407,32 @@ def test_shown_prefixes_are_accepted(
     revoked = edgetune("keys", "revoke", listed[0]["prefix"][:8] + "…", env=keys)
     assert revoked.returncode == 0, revoked.stderr
     assert "revoked key" in revoked.stdout
+
+
+def test_the_numbers_table_names_the_optimizer_and_schedule_and_hides_what_does_not_apply() -> None:
+    from rich.console import Console
+
+    from edgetune.schemas import Hyperparameters
+    from edgetune_cli.remote import _hyper_table
+
+    schedule = {"name": "warmup-cosine", "warmup_epochs": 1.0, "steps_per_epoch": 100,
+                "total_steps": 2000, "mean_multiplier": 0.5}  # fmt: skip
+    common = {"learning_rate": 2e-4, "batch_size": 32, "weight_decay": 0.0, "epochs": 20.0,
+              "paper_lambda": 0.0, "schedule": schedule}  # fmt: skip
+    adamw = Hyperparameters(
+        optimizer="adamw", momentum=0.0, torch_adamw_kwargs={"lr": 2e-4, "weight_decay": 0.0},
+        **common,
+    )  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(_hyper_table(adamw, details=False))
+    text = console.export_text()
+    assert "AdamW" in text and "warmup-cosine, 1-epoch warm-up" in text
+    assert "momentum" not in text and "None" not in text and "kwargs" not in text
+    sgd = Hyperparameters(
+        momentum=0.9, torch_sgd_kwargs={"lr": 2e-4, "momentum": 0.9, "weight_decay": 0.0},
+        **{**common, "schedule": None},
+    )  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(_hyper_table(sgd, details=False))
+    text = console.export_text()
+    assert "SGD" in text and "constant" in text and "momentum" in text

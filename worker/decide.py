@@ -586,17 +586,8 @@ def decide(
     if not y0s:
         return _no_recommendation("no probe produced a measurement", kind, warnings)
     y0 = float(np.median(y0s))
-    if y0 >= EDGE and _activation(spec) not in ("tanh", None):
-        reason = _at_the_boundary(spec, y0)
-        return _best_measured(spec, growths, kind, y0, reason, warnings, train_size)
     if y0 >= EDGE:
-        return _no_recommendation(
-            f"the network starts chaotic (order parameter {y0:.2f} ≥ 1 at initialisation): "
-            "training can only move it further from the edge. Initialise with a smaller "
-            "weight scale (e.g. init: {scheme: edge, J: 0.5}) and ask again.",
-            kind,
-            warnings,
-        )
+        return _past_the_edge(spec, growths, kind, y0, warnings, train_size)
     usable = [g for g in growths if g.growth is not None and g.growth.A.value > 0]
     if not usable:
         reason = "no probe showed measurable growth of the order parameter in the ordered phase"
@@ -654,6 +645,28 @@ def decide(
         ),
     )
     return Decision(recommendation, choice, y_start)
+
+
+def _past_the_edge(
+    spec: RecommendationSpec,
+    growths: list[MeasuredGrowth],
+    kind: OrderKind,
+    y0: float,
+    warnings: list[str],
+    train_size: int,
+) -> Decision:
+    """A network measured at or past its edge at step 0: the best probe where it has no chaotic
+    phase (ReLU family), no answer where it is chaotic."""
+    if _activation(spec) not in ("tanh", None):
+        reason = _at_the_boundary(spec, y0)
+        return _best_measured(spec, growths, kind, y0, reason, warnings, train_size)
+    return _no_recommendation(
+        f"the network starts chaotic (order parameter {y0:.2f} ≥ 1 at initialisation): "
+        "training can only move it further from the edge. Initialise with a smaller "
+        "weight scale (e.g. init: {scheme: edge, J: 0.5}) and ask again.",
+        kind,
+        warnings,
+    )
 
 
 def _final_val_loss(g: MeasuredGrowth) -> float:
