@@ -23,6 +23,7 @@ is installed (neither is a dependency of edgetune).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import warnings
@@ -192,15 +193,13 @@ class Monitor:
 
 def _lightning_callback_base() -> type | None:
     """Lightning's Callback class where Lightning is installed (either package name)."""
-    try:
-        from lightning.pytorch import Callback
-    except ImportError:
+    for package in ("lightning.pytorch", "pytorch_lightning"):
         try:
-            from pytorch_lightning import Callback
+            base: type = importlib.import_module(package).Callback
         except ImportError:
-            return None
-    base: type = Callback
-    return base
+            continue
+        return base
+    return None
 
 
 _CallbackBase = _lightning_callback_base()
