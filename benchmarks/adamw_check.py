@@ -28,7 +28,13 @@ import torch
 
 from app.schemas import BudgetSpec, DatasetSpec, MLPSpec, OptimizerSpec, RecommendationSpec
 from benchmarks.recommend_fmnist import timed_engine_run
-from benchmarks.suite import provenance, recommended_configs, train_and_read, write_json
+from benchmarks.suite import (
+    provenance,
+    recommended_configs,
+    study_arguments,
+    train_and_read,
+    write_json,
+)
 from worker.data import load_dataset
 from worker.probe import ProbeConfig, pick_device
 
@@ -37,7 +43,6 @@ BATCH = 32
 GRID_LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 GRID_WDS = (0.0, 0.01, 0.1)
 DEFAULT = {"learning_rate": 1e-3, "weight_decay": 0.01}
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def adamw(lr: float, wd: float, seed: int) -> ProbeConfig:
@@ -58,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=float, default=EPOCHS, help="the budget (20: the check)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = study_arguments(parser).parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device()
     start = time.time()

@@ -43,7 +43,7 @@ from app.schemas import (
     OptimizerSpec,
     RecommendationSpec,
 )
-from benchmarks.suite import provenance, read_json, write_json
+from benchmarks.suite import provenance, read_json, study_arguments, write_json
 from worker import fit, law
 from worker.data import Dataset, load_dataset
 from worker.probe import ProbeConfig, ProbeResult, pick_device, run_population
@@ -74,7 +74,6 @@ MODELS: dict[str, tuple[ModelSpec, DatasetSpec, float]] = {
     # A seconds-long smoke check of this script (sklearn digits), not part of the claim.
     "digits": (MLPSpec(hidden=[64]), DatasetSpec(name="digits"), 5.0),
 }
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def run(
@@ -213,11 +212,8 @@ def row_a(row: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", default="paper,cnn")
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = study_arguments(parser).parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device()
     out = args.out or Path(__file__).parent / "results" / f"adamw_law_{device.type}.json"

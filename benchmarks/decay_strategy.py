@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from app.schemas import DatasetSpec, MLPSpec
-from benchmarks.suite import provenance, train_and_read, write_json
+from benchmarks.suite import provenance, study_arguments, train_and_read, write_json
 from worker.data import load_dataset
 from worker.probe import ProbeConfig, pick_device
 
@@ -35,7 +35,6 @@ STRATEGIES = {
     "in between": (0.02, 0.9, 5e-5),
 }
 KNOBS = ("learning_rate", "momentum", "weight_decay")
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def summarise(rows: list[dict[str, object]]) -> dict[str, dict[str, float]]:
@@ -58,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=float, default=20.0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = study_arguments(parser).parse_args(argv)
     torch.set_num_threads(args.threads)
     model = MLPSpec()  # the paper's network
     data = load_dataset(DatasetSpec(name="fashion-mnist"), [args.data_root])

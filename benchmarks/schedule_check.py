@@ -25,7 +25,13 @@ import torch
 
 from app.schemas import BudgetSpec, DatasetSpec, MLPSpec, OptimizerSpec, RecommendationSpec
 from benchmarks.recommend_fmnist import timed_engine_run
-from benchmarks.suite import provenance, recommended_configs, train_and_read, write_json
+from benchmarks.suite import (
+    provenance,
+    recommended_configs,
+    study_arguments,
+    train_and_read,
+    write_json,
+)
 from worker.data import load_dataset
 from worker.probe import ProbeConfig, pick_device
 
@@ -34,16 +40,12 @@ SPECS = {
     "constant": OptimizerSpec(),
     "warmup-cosine": OptimizerSpec(schedule="warmup-cosine", warmup_epochs=1.0),
 }
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = study_arguments(parser).parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device()
     start = time.time()

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from app.schemas import DatasetSpec, MLPSpec
-from benchmarks.suite import provenance, read_json, train_and_read, write_json
+from benchmarks.suite import provenance, read_json, study_arguments, train_and_read, write_json
 from worker.data import load_dataset
 from worker.probe import ProbeConfig, pick_device
 
@@ -36,7 +36,6 @@ CASES = {  # name: (training examples, None = all; epochs)
     "10ep": (None, 10.0),
     "20ep": (None, 20.0),
 }
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def configs(epochs: float, seeds: int, peaks: tuple[float, ...]) -> list[ProbeConfig]:
@@ -82,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--peaks", default=",".join(map(str, PEAKS)), help="warmup-cosine peaks")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = study_arguments(parser).parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device()
     out = args.out or Path(__file__).parent / "results" / f"schedule_peaks_{device.type}.json"

@@ -278,6 +278,14 @@ def engine_sources() -> str:
 ENGINE_SOURCES = engine_sources()
 
 
+def study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every single-file study shares: --threads, --data-root, --out."""
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "datasets")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/")
+    return parser
+
+
 def provenance(
     device: torch.device, argv: list[str], script: str = "benchmarks/suite.py"
 ) -> dict[str, Any]:

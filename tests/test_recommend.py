@@ -531,11 +531,10 @@ def test_an_adamw_spec_is_probed_and_answered_with_adamw(digits: Dataset) -> Non
         "eps": 1e-8,
         "weight_decay": hp.weight_decay,
     }
-    # Inside what the AdamW probes measured, and said to rest on this project's AdamW law.
-    rates = [p.learning_rate for p in rec.edge.probes]
-    if rec.validity.ok:
-        assert min(rates) * (1 - 1e-9) <= hp.learning_rate <= max(rates) * (1 + 1e-9)
+    # Said to rest on this project's AdamW law, and never ok: the edge-at-the-end criterion lost
+    # to AdamW's default on the paper model (benchmarks/results/adamw_check_cpu.json).
     assert any("AdamW" in w for w in rec.validity.warnings)
+    assert rec.validity.ok is False and rec.validity.flags["outside_validated_regime"]
     model = torch.nn.Linear(4, 2)
     optimizer, _ = edgetune.build_optimizer(model, rec)
     assert isinstance(optimizer, torch.optim.AdamW)
