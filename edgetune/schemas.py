@@ -639,6 +639,9 @@ class Verdict(BaseModel):
 
     action: Literal["use", "care", "dont"]
     message: str
+    # Every caution raised, in the same plain words and the same order (most serious first): the
+    # message names the first. Empty for "use it" and in results stored before reasons existed.
+    reasons: list[str] = Field(default_factory=list)
 
 
 class Recommendation(BaseModel):

@@ -236,9 +236,16 @@ def print_recommendation(result: Recommendation, *, details: bool = False) -> No
 def _print_evidence(result: Recommendation) -> None:
     out.print(_facts("Edge of chaos (predicted)", result.edge))
     validity = result.validity
+    reasons = result.verdict.reasons if result.verdict is not None else []
+    if reasons:
+        out.print("why use with care:")
+        for reason in reasons:
+            out.print(f"  - {reason}")
     flags = [name for name, on in validity.flags.items() if on]
     verdict = "ok" if validity.ok else "check the warnings"
     out.print(f"validity: {verdict}" + (f" (flags: {', '.join(flags)})" if flags else ""))
+    if validity.warnings:
+        out.print(Text("the fits' own words (technical detail):", style="dim"))
     for warning in validity.warnings:
         out.print(Text.assemble(("warning: ", "yellow"), warning))
     if result.cost is not None:

@@ -391,6 +391,13 @@ def test_the_verdict_comes_first_and_the_evidence_is_one_flag_away(
     detailed = edgetune("jobs", "result", finished, "--details", env=env).stdout
     assert "Edge of chaos (predicted)" in detailed and "validity:" in detailed
     assert "paper_lambda" in detailed
+    # Every caution in plain words before the fits' technical ones, the verdict's first.
+    assert (verdict["action"] == "care") == bool(verdict["reasons"])
+    if verdict["reasons"]:
+        assert verdict["message"] == f"use with care: {verdict['reasons'][0]}"
+        why = detailed.index("why use with care:")
+        for reason in verdict["reasons"]:
+            assert why < detailed.index(f"  - {reason}", why) < detailed.index("validity:")
 
 
 def test_shown_prefixes_are_accepted(

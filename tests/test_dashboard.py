@@ -191,6 +191,16 @@ def test_submit_watch_and_open_a_job_in_chromium(
     ).json()
     assert verdict.text == recommendation["verdict"]["message"]
     assert recommendation["verdict"]["action"] in verdict.get_attribute("class")
+    # Its cautions in plain words; the fits' technical warnings are behind one click.
+    reasons = driver.find_elements(By.CSS_SELECTOR, "#verdict-reasons li")
+    assert [r.text for r in reasons] == recommendation["verdict"]["reasons"]
+    warnings = recommendation["validity"]["warnings"]
+    technical = driver.find_element(By.ID, "technical")
+    assert technical.get_attribute("open") is None
+    if warnings:
+        assert not driver.find_element(By.CSS_SELECTOR, "#warnings li").is_displayed()
+        driver.find_element(By.ID, "validity-flags").click()
+        assert driver.find_element(By.CSS_SELECTOR, "#warnings li").text == warnings[0]
     for name in ("order", "collapse", "growth", "trajectory"):
         wait_for(
             driver,

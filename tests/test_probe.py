@@ -252,6 +252,26 @@ def test_same_configs_give_identical_records(digits):
         torch.testing.assert_close(torch.tensor(a.J), torch.tensor(b.J), atol=1e-5, rtol=0)
 
 
+def test_chi_with_the_evaluations_only_leaves_the_training_unchanged(digits):
+    configs = mixed_configs(steps=20)
+    every = run_population(MLP, digits, configs, device=CPU, measure_every=2, eval_every=10)
+    sparse = run_population(
+        MLP, digits, configs, device=CPU, measure_every=2, eval_every=10, chi_every_record=False
+    )
+    for full, thin in zip(every, sparse, strict=True):
+        assert [r.step for r in thin.records] == [r.step for r in full.records]
+        assert [(r.J, r.J0, r.train_loss, r.val_loss) for r in thin.records] == [
+            (r.J, r.J0, r.train_loss, r.val_loss) for r in full.records
+        ]
+        # χ at step 0 and with every evaluation (the last record included), nowhere else.
+        with_chi = [r.step for r in thin.records if r.chi is not None]
+        assert with_chi == [r.step for r in full.records if r.val_loss is not None]
+        assert with_chi[0] == 0 and with_chi[-1] == full.records[-1].step
+        assert len(with_chi) < len(thin.records)
+        for a, b in zip(thin.records, full.records, strict=True):
+            assert a.chi is None or (a.chi == b.chi and a.lyapunov == b.lyapunov)
+
+
 def test_torchvision_population_records_J(digits):
     configs = [
         ProbeConfig(learning_rate=0.05, momentum=0.9, weight_decay=1e-4, batch_size=16, seed=s,

@@ -508,6 +508,7 @@ def test_every_answer_carries_a_verdict_a_person_can_act_on(digits: Dataset) -> 
         raised = [flag for flag, _ in CARE if rec.validity.flags.get(flag)]
         assert rec.verdict.action == "care" and raised
         assert rec.verdict.message == "use with care: " + dict(CARE)[raised[0]]
+        assert rec.verdict.reasons == [dict(CARE)[flag] for flag in raised]
     refused = _run(
         _spec(model={"type": "mlp", "hidden": [64], "init": {"scheme": "edge", "J": 2.0}}),
         digits,

@@ -54,7 +54,7 @@ from app.schemas import ModelSpec
 from edgetune.nets import EdgeNet, layer_infos, seeded_model
 from edgetune.schedules import Schedule, multiplier
 from worker.data import Dataset
-from worker.order import measure, random_unit_vectors
+from worker.order import couplings, measure, random_unit_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -612,6 +612,9 @@ class _Population:
         self.train_logits = vmap(self._logits, in_dims=(0, 0, 0), randomness="different")
         self.shared_logits = vmap(self._logits, in_dims=(0, 0, None))  # all on the same batch
         self.measure_all = vmap(lambda p: measure(template, p, x_measure, infos))
+        self.couplings_all = vmap(
+            lambda p: dict(zip(("J", "J0"), couplings(p, infos), strict=True))
+        )
         self.apjn_all = vmap(lambda p: measure(template, p, x_apjn, infos, vectors)["apjn"])
         self.generators = [_order_generator(c.seed) for c in configs]
 
@@ -679,12 +682,14 @@ class _Population:
         return (stack.loss_sum / steps).tolist(), failed_at
 
     def measure(
-        self, step: int, last_record: int, with_eval: bool
+        self, step: int, last_record: int, with_eval: bool, with_chi: bool = True
     ) -> list[tuple[ProbeRecord, int | None]]:
-        """Measure every live member: its record, and where its loss went non-finite (or None)."""
+        """Measure every live member: its record, and where its loss went non-finite (or None).
+        Without `with_chi`, J and J0 only (weights alone: no forward pass)."""
         stack = self.stack
+        order = self.measure_all if with_chi else self.couplings_all
         with torch.no_grad():
-            host = {k: v.cpu().tolist() for k, v in self.measure_all(stack.params).items()}
+            host = {k: v.cpu().tolist() for k, v in order(stack.params).items()}
             train_loss, failed_at = self._train_losses(step, last_record)
             stack.reset_losses()
             val_loss: list[float] | None = None
@@ -817,6 +822,7 @@ def run_population(
     stop_when: Callable[[int, list[ProbeRecord]], bool] | None = None,
     keep_params: bool = False,
     val_examples: int = VAL_MAX_EXAMPLES,
+    chi_every_record: bool = True,
 ) -> list[ProbeResult]:
     """Train `configs` together as one population and return one result per config, in order.
 
@@ -829,7 +835,10 @@ def run_population(
     (unfinished members end "cancelled"). `stop_when(member, records)` is asked at every
     measurement and freezes the member as "stopped" when it returns True. With `keep_params`,
     each result carries its member's final parameters (on the CPU). Validation uses the first
-    `val_examples` validation examples (all of them where there are fewer).
+    `val_examples` validation examples (all of them where there are fewer). Without
+    `chi_every_record`, χ and the Lyapunov summary are measured at step 0 and with the
+    evaluations only: for models steered by J², where χ informs nothing between them and its
+    forward pass cost as much as 3 training steps.
     """
     _check(configs, measure_every, eval_every)
     ledger = _Ledger(configs, time.perf_counter(), keep_params)
@@ -848,7 +857,9 @@ def run_population(
             finishing = any(configs[m].steps == step for m in pop.members)
             if step == 0 or finishing or _due(step, measure_every) or _due(step, eval_every):
                 with_eval = _due(step, eval_every) or (eval_every > 0 and finishing)
-                ledger.judge_all(pop, pop.measure(step, last_record, with_eval), stop_when)
+                with_chi = chi_every_record or step == 0 or with_eval
+                measured = pop.measure(step, last_record, with_eval, with_chi)
+                ledger.judge_all(pop, measured, stop_when)
                 if on_progress is not None and not on_progress(ledger.progress(step)):
                     for position in range(len(pop.members)):
                         ledger.freeze(pop, position, step, "cancelled", f"cancelled at step {step}")

@@ -63,7 +63,7 @@ def verdict(result: Recommendation) -> Verdict:
         return Verdict(action="dont", message=f"don't: {validity.reason or 'no configuration'}")
     if validity.ok:
         return Verdict(action="use", message="use it")
-    for flag, reason in CARE:
-        if validity.flags.get(flag):
-            return Verdict(action="care", message=f"use with care: {reason}")
+    reasons = [reason for flag, reason in CARE if validity.flags.get(flag)]
+    if reasons:
+        return Verdict(action="care", message=f"use with care: {reasons[0]}", reasons=reasons)
     return Verdict(action="care", message="use with care: see the warnings")

@@ -278,6 +278,8 @@ function showRecommendation(result) {
   const verdict = result.verdict || { action: validity.ok ? "use" : "care", message: "" };
   $("#verdict").textContent = verdict.message;
   $("#verdict").className = `verdict ${verdict.action}`;
+  // Every caution in plain words; the fits' technical warnings are one click away below.
+  $("#verdict-reasons").replaceChildren(...(verdict.reasons || []).map((r) => el("li", r)));
   if (hyper) {
     factRows($("#hyperparameters"), [
       ["learning rate η", hyper.learning_rate],
@@ -322,7 +324,9 @@ function showRecommendation(result) {
   flagged.textContent = validity.ok ? "ok" : "check the warnings";
   flagged.className = `status ${validity.ok ? "ok" : "warn"}`;
   const flags = Object.entries(validity.flags || {}).filter(([, on]) => on).map(([name]) => name);
-  $("#validity-flags").textContent = flags.length ? `flags: ${flags.join(", ")}` : "no flags raised";
+  const count = (validity.warnings || []).length;
+  $("#validity-flags").textContent = (flags.length ? `flags: ${flags.join(", ")}` : "no flags raised")
+    + (count ? ` · technical detail: ${count} warning${count > 1 ? "s" : ""}` : "");
   const list = $("#warnings");
   list.replaceChildren(...(validity.warnings || []).map((w) => el("li", w)));
 }
