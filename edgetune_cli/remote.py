@@ -411,7 +411,8 @@ def cmd_plots(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    with Client(args.url, api_key=args.api_key) as client:
+    with reach(args) as reached:
+        client = reached.client
         for name in PLOT_NAMES:
             for fmt in ("png", "svg"):
                 try:

@@ -218,6 +218,11 @@ def test_recommend_runs_embedded_when_no_server_is_given(tmp_path: Path) -> None
     listed = edgetune("jobs", "list", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     assert [job["status"] for job in json.loads(listed.stdout)["jobs"]] == ["succeeded"]
+    # `plots` takes the same fallback (it used to insist on a server at the default URL).
+    job_id = json.loads(listed.stdout)["jobs"][0]["id"]
+    plots = edgetune("plots", job_id[:8], "--out", str(tmp_path / "plots"), env=env)
+    assert plots.returncode == 0, plots.stderr
+    assert (tmp_path / "plots" / "trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --- the first hour: what a new user trips over (issue "The first hour") --------------------
