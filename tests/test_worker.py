@@ -357,7 +357,7 @@ def stall_a_measurement(
     measure = _Population.measure
 
     def slow_measure(
-        pop: _Population, step: int, last_record: int, with_eval: bool
+        pop: _Population, step: int, last_record: int, with_eval: bool, with_chi: bool = True
     ) -> list[tuple[ProbeRecord, int | None]]:
         due = step > 0 and (not finishing or any(pop.configs[m].steps == step for m in pop.members))
         with lock:
@@ -372,7 +372,7 @@ def stall_a_measurement(
                 a = torch.tanh(a @ a)
             stall.ended_at = time.time()
             stall.ended.set()
-        return measure(pop, step, last_record, with_eval)
+        return measure(pop, step, last_record, with_eval, with_chi)
 
     monkeypatch.setattr(_Population, "measure", slow_measure)
     return stall
