@@ -240,6 +240,32 @@ def test_stop_when_freezes_a_member_and_members_end_at_their_own_steps(digits):
         assert_same_params(results[i], train_sequential(MLP, digits, configs[i], device=CPU))
 
 
+def test_evaluations_at_the_end_only_where_each_member_ends(digits):
+    configs = mixed_configs(steps=30)
+    configs[2] = replace(configs[2], steps=20)
+
+    def stop_when(member: int, records: list[ProbeRecord]) -> bool:
+        return member == 1 and records[-1].step >= 10
+
+    def run(**kwargs: object) -> list[ProbeResult]:
+        return run_population(
+            MLP, digits, configs, device=CPU, measure_every=5, stop_when=stop_when, **kwargs
+        )
+
+    full = run(eval_every=5)
+    last = run(eval_every=5, evaluate_last_only=True)
+    for a, b in zip(full, last, strict=True):
+        assert a.outcome == b.outcome and [r.step for r in a.records] == [r.step for r in b.records]
+        assert [r.J for r in a.records] == [r.J for r in b.records]  # the training is the same
+        # Evaluated where it ends, completed or stopped, and where a member it trains with
+        # completes (one vmapped evaluation serves them all); nowhere else.
+        evaluated = [r.step for r in b.records if r.val_loss is not None]
+        assert evaluated[-1] == b.records[-1].step and set(evaluated) <= {20, 30, 10}
+        assert b.records[-1].val_loss == a.records[-1].val_loss
+        assert b.records[-1].val_accuracy == a.records[-1].val_accuracy
+    assert last[1].outcome == "stopped" and last[1].records[-1].step == 10
+
+
 def test_same_configs_give_identical_records(digits):
     configs = mixed_configs(steps=20)
     first = run_population(CNN, digits, configs, device=CPU, measure_every=5, eval_every=10)

@@ -40,7 +40,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -692,14 +692,7 @@ class _Population:
             host = {k: v.cpu().tolist() for k, v in order(stack.params).items()}
             train_loss, failed_at = self._train_losses(step, last_record)
             stack.reset_losses()
-            val_loss: list[float] | None = None
-            val_accuracy: list[float] | None = None
-            apjn: list[list[float]] | None = None
-            if with_eval:
-                if self.n_val > 0:
-                    val_loss, val_accuracy = self.evaluate()
-                if self.is_edge:
-                    apjn = self.apjn_all(stack.params).cpu().tolist()
+            val_loss, val_accuracy, apjn = self.evaluation() if with_eval else (None, None, None)
         measured = []
         for position in range(len(stack.members)):
             lyapunov = host["lyapunov"][position] if "lyapunov" in host else None
@@ -718,6 +711,16 @@ class _Population:
             )
             measured.append((record, failed_at[position]))
         return measured
+
+    def evaluation(
+        self,
+    ) -> tuple[list[float] | None, list[float] | None, list[list[float]] | None]:
+        """Per live member: validation loss and accuracy (None without validation data) and
+        APJN per layer (None unless an EdgeNet)."""
+        with torch.no_grad():
+            val_loss, val_accuracy = self.evaluate() if self.n_val > 0 else (None, None)
+            apjn = self.apjn_all(self.stack.params).cpu().tolist() if self.is_edge else None
+        return val_loss, val_accuracy, apjn
 
     def member_params(self, position: int) -> dict[str, Tensor]:
         """A copy of one live member's parameters on the CPU."""
@@ -761,9 +764,13 @@ class _Ledger:
         pop: _Population,
         measured: list[tuple[ProbeRecord, int | None]],
         stop_when: Callable[[int, list[ProbeRecord]], bool] | None,
+        evaluate_stopped: bool = False,
     ) -> None:
-        """Keep each finite record, freeze the members that are done, drop them from `pop`."""
+        """Keep each finite record, freeze the members that are done, drop them from `pop`.
+        With `evaluate_stopped`, a member stopped at a record without an evaluation gets one
+        there first: its last record then carries validation loss, as a completed one's does."""
         keep: list[int] = []
+        done: list[tuple[int, int, Verdict]] = []
         for position, (record, failed_at) in enumerate(measured):
             member = pop.members[position]
             if finite_record(record):  # records hold finite numbers only: strict JSON
@@ -774,9 +781,32 @@ class _Ledger:
             if verdict is None:
                 keep.append(position)
             else:
-                self.freeze(pop, position, record.step, *verdict)
+                done.append((position, record.step, verdict))
+        unevaluated = [
+            position
+            for position, _, verdict in done
+            if verdict[0] == "stopped" and measured[position][0].val_loss is None
+        ]
+        if evaluate_stopped and unevaluated:
+            self._evaluate_last(pop, unevaluated)
+        for position, step, verdict in done:
+            self.freeze(pop, position, step, *verdict)
         if len(keep) < len(pop.members):
             pop.stack.keep(keep)
+
+    def _evaluate_last(self, pop: _Population, positions: list[int]) -> None:
+        """Add an evaluation to the last record of the members at `positions`."""
+        val_loss, val_accuracy, apjn = pop.evaluation()
+        for position in positions:
+            records = self.records[pop.members[position]]
+            evaluated = replace(
+                records[-1],
+                val_loss=val_loss[position] if val_loss is not None else None,
+                val_accuracy=val_accuracy[position] if val_accuracy is not None else None,
+                apjn=apjn[position] if apjn is not None else None,
+            )
+            if finite_record(evaluated):
+                records[-1] = evaluated
 
     def progress(self, step: int) -> ProbeProgress:
         return ProbeProgress(
@@ -823,6 +853,7 @@ def run_population(
     keep_params: bool = False,
     val_examples: int = VAL_MAX_EXAMPLES,
     chi_every_record: bool = True,
+    evaluate_last_only: bool = False,
 ) -> list[ProbeResult]:
     """Train `configs` together as one population and return one result per config, in order.
 
@@ -838,7 +869,11 @@ def run_population(
     `val_examples` validation examples (all of them where there are fewer). Without
     `chi_every_record`, χ and the Lyapunov summary are measured at step 0 and with the
     evaluations only: for models steered by J², where χ informs nothing between them and its
-    forward pass cost as much as 3 training steps.
+    forward pass cost as much as 3 training steps. With `evaluate_last_only`, validation and APJN
+    are measured only where members end, what `eval_every` says notwithstanding: at a step where
+    some member completes (every live member is evaluated there, in one vmapped pass), and for a
+    member stopped by `stop_when`, at the record its stop was decided at (without χ). For callers
+    that read nothing but the last evaluation.
     """
     _check(configs, measure_every, eval_every)
     ledger = _Ledger(configs, time.perf_counter(), keep_params)
@@ -855,11 +890,15 @@ def run_population(
         step = last_record = 0
         while pop.members:
             finishing = any(configs[m].steps == step for m in pop.members)
-            if step == 0 or finishing or _due(step, measure_every) or _due(step, eval_every):
-                with_eval = _due(step, eval_every) or (eval_every > 0 and finishing)
+            evaluation_due = not evaluate_last_only and _due(step, eval_every)
+            if step == 0 or finishing or _due(step, measure_every) or evaluation_due:
+                if evaluate_last_only:
+                    with_eval = finishing
+                else:
+                    with_eval = evaluation_due or (eval_every > 0 and finishing)
                 with_chi = chi_every_record or step == 0 or with_eval
                 measured = pop.measure(step, last_record, with_eval, with_chi)
-                ledger.judge_all(pop, measured, stop_when)
+                ledger.judge_all(pop, measured, stop_when, evaluate_last_only)
                 if on_progress is not None and not on_progress(ledger.progress(step)):
                     for position in range(len(pop.members)):
                         ledger.freeze(pop, position, step, "cancelled", f"cancelled at step {step}")

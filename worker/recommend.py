@@ -43,7 +43,6 @@ from worker.verify import verify
 Phase = Literal["probing", "fitting", "verifying"]
 # Enough points per probe for the slope fit (~40), whatever the dataset size.
 MEASUREMENTS_PER_PROBE = 40
-EVALUATIONS_PER_PROBE = 2
 # A measurement with χ (a forward pass on 128 examples, under vmap) costs about 3 training steps at
 # B 32: measuring more often than every 4th step made short probes (a 3-epoch budget on 10k
 # examples: 150 and 37 steps) cost 2× a full run in wall time for a fifth of its samples. Models
@@ -108,9 +107,6 @@ def _run_group(
     measure_every = max(
         MIN_MEASURE_INTERVAL, math.isqrt(min(steps) * max(steps)) // MEASUREMENTS_PER_PROBE
     )
-    # Evaluations (validation loss, APJN) only inform plots and the no-law fallback, which reads
-    # the last one (always taken): a few per probe.
-    eval_every = max(measure_every, max(steps) // EVALUATIONS_PER_PROBE)
     kind = order_kind(spec)
     return run_population(
         spec.model,
@@ -118,7 +114,10 @@ def _run_group(
         configs,
         device=device,
         measure_every=measure_every,
-        eval_every=eval_every,
+        # Of the evaluations (validation loss, APJN) only the last is read (the no-law fallback
+        # and the stored evidence): each probe is evaluated where it ends, whether it completed
+        # or the stop rule ended it. Mid-probe ones cost 0.03–0.3 s each for nothing.
+        evaluate_last_only=True,
         on_progress=on_progress,
         stop_when=_stop_rule(probes, kind),
         # Under J² (weights only), χ is evidence, not the answer: with the evaluations suffices.
