@@ -571,6 +571,7 @@ class _Population:
         *,
         device: torch.device,
         val_examples: int,
+        measure_examples: int = MEASURE_BATCH,
     ) -> None:
         self.configs = configs
         self.device = device
@@ -588,7 +589,7 @@ class _Population:
         self.is_edge = isinstance(template, EdgeNet)
 
         fixed = torch.Generator().manual_seed(MEASURE_SEED)
-        measure_idx = torch.randperm(self.train_size, generator=fixed)[:MEASURE_BATCH].to(device)
+        measure_idx = torch.randperm(self.train_size, generator=fixed)[:measure_examples].to(device)
         self.x_measure = x_measure = data.x_train[measure_idx]
         self.y_measure = data.y_train[measure_idx]
         x_apjn = x_measure[:APJN_BATCH]
@@ -854,6 +855,7 @@ def run_population(
     val_examples: int = VAL_MAX_EXAMPLES,
     chi_every_record: bool = True,
     evaluate_last_only: bool = False,
+    measure_examples: int = MEASURE_BATCH,
 ) -> list[ProbeResult]:
     """Train `configs` together as one population and return one result per config, in order.
 
@@ -873,13 +875,22 @@ def run_population(
     are measured only where members end, what `eval_every` says notwithstanding: at a step where
     some member completes (every live member is evaluated there, in one vmapped pass), and for a
     member stopped by `stop_when`, at the record its stop was decided at (without χ). For callers
-    that read nothing but the last evaluation.
+    that read nothing but the last evaluation. Order parameters are measured on the first
+    `measure_examples` of a fixed shuffle of the training set (a prefix: fewer examples measure a
+    subset of the same ones).
     """
     _check(configs, measure_every, eval_every)
     ledger = _Ledger(configs, time.perf_counter(), keep_params)
     if device.type == "cpu":
         keep_freed_memory_on_heap()
-    pop = _Population(model_spec, dataset, configs, device=device, val_examples=val_examples)
+    pop = _Population(
+        model_spec,
+        dataset,
+        configs,
+        device=device,
+        val_examples=val_examples,
+        measure_examples=measure_examples,
+    )
     default_measure, default_eval = default_intervals(pop.train_size, pop.batch)
     measure_every = default_measure if measure_every is None else measure_every
     eval_every = default_eval if eval_every is None else eval_every
