@@ -386,3 +386,37 @@ def test_the_list_shows_results_and_compares_jobs(browser, server: tuple[str, st
     )
     assert sorted(rows) == sorted(ids)
     assert not visible(driver, "#error") and not visible(driver, ".plot-missing")
+
+
+def test_an_edge_at_the_end_of_the_run_reads_as_the_end(browser, server: tuple[str, str]) -> None:
+    """Stumble 5: "reaches the edge at 10 (after this 10-epoch run ends)". A real job's result,
+    drawn by the page with its edge moved 0.3 % past the run's end, reads "at the end of the run";
+    20 % past it reads "after this run ends"; well before it, the epoch alone."""
+    from selenium.webdriver.common.by import By
+
+    url, key = server
+    headers = {"X-API-Key": key}
+    spec = {**SMALL_SPEC, "seed": 41}
+    posted = httpx.post(f"{url}/v1/recommendations", json=spec, headers=headers)
+    assert posted.status_code == 202, posted.text
+    job_id = posted.json()["id"]
+    driver = browser
+    driver.get(url + "/")
+    driver.execute_script("localStorage.setItem('edgetune.apiKey', arguments[0])", key)
+    driver.get(f"{url}/jobs/{job_id}")
+    wait_for(driver, lambda d: visible(d, "#recommendation"), "no recommendation on the job page")
+    result = httpx.get(f"{url}/v1/jobs/{job_id}/recommendation", headers=headers).json()
+    epochs = result["hyperparameters"]["epochs"]
+
+    def edge_row(edge_epoch: float) -> str:
+        moved = {**result, "edge": {**result["edge"], "predicted_edge_epoch": edge_epoch}}
+        driver.execute_script("showRecommendation(arguments[0])", moved)
+        rows = driver.find_elements(By.CSS_SELECTOR, "#edge tr")
+        (row,) = [r.text for r in rows if r.text.startswith("reaches the edge at")]
+        return row
+
+    at_end = edge_row(epochs * 1.003)
+    assert "at the end of the run" in at_end and "after" not in at_end, at_end
+    assert "after this" in edge_row(epochs * 1.2)
+    early = edge_row(epochs / 2)
+    assert "end" not in early and "after" not in early, early

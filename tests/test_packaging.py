@@ -4,6 +4,7 @@ command, and migrates a fresh SQLite database with nothing from the source check
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -28,15 +29,27 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             shutil.copy2(path, src / name)
     dist = tmp_path_factory.mktemp("dist")
-    # No build isolation: the test venv's setuptools builds it, offline.
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+    # No build isolation: the test venv's setuptools builds it, offline. Verbose, so the build
+    # backend's own warnings are in the log the install test reads.
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--verbose", "--no-deps", "--no-build-isolation",
          "--wheel-dir", str(dist), str(src)],
         check=True,
         capture_output=True,
+        text=True,
     )
+    (dist / "build.log").write_text(done.stdout + done.stderr)
     (built,) = dist.glob("edgetune-*.whl")
     return built
+
+
+def test_the_build_raises_no_packaging_warnings(wheel: Path) -> None:
+    """Stumble 16: the install printed three setuptools license deprecation warnings (a TOML-table
+    `license` and a license classifier). The build backend warns as `...Warning:` lines."""
+    log = (wheel.parent / "build.log").read_text()
+    assert "Created wheel for edgetune" in log
+    warned = [line.strip() for line in log.splitlines() if re.search(r"[A-Z]\w*Warning:", line)]
+    assert not warned, warned
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,32 @@ def test_plots_show_what_the_job_measured(server: tuple[httpx.Client, str]) -> N
     assert list(trajectory.axes[0].get_lines()[0].get_ydata()) == predicted["value"]
 
 
+def test_an_edge_at_the_end_of_the_run_is_drawn_at_the_end(
+    server: tuple[httpx.Client, str],
+) -> None:
+    """Stumble 5: an edge predicted 0.3 % past the run's end is at its end, as the dashboard
+    says, not "beyond this run"; one 20 % past it is beyond."""
+    client, job_id = server
+    listed = ProbeList.model_validate(client.get(f"/v1/jobs/{job_id}/probes").json())
+    result = Recommendation.model_validate(client.get(f"/v1/jobs/{job_id}/recommendation").json())
+    assert result.hyperparameters is not None and result.edge.predicted_trajectory is not None
+    end = max(result.edge.predicted_trajectory.epoch)
+
+    def drawn(edge_epoch: float) -> tuple[list[str], list[str]]:
+        edge = result.edge.model_copy(update={"predicted_edge_epoch": edge_epoch})
+        moved = result.model_copy(update={"edge": edge})
+        data = plots.PlotData(job_id, "succeeded", listed.probes, moved)
+        ax = plots.plot_trajectory(data).axes[0]
+        return [str(line.get_label()) for line in ax.get_lines()], [t.get_text() for t in ax.texts]
+
+    labels, texts = drawn(end * 1.003)
+    assert f"edge reached at {end:.3g} epochs" in labels, labels
+    assert not any("beyond" in t for t in texts), texts
+    labels, texts = drawn(end * 1.2)
+    assert not any(label.startswith("edge reached") for label in labels), labels
+    assert any("beyond this run" in t for t in texts), texts
+
+
 def test_unknown_plots_and_jobs_without_data_are_problems(
     server: tuple[httpx.Client, str],
 ) -> None:
