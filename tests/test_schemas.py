@@ -38,6 +38,11 @@ def test_the_readme_spec_example_is_a_valid_spec() -> None:
     section = readme.split("## The spec", 1)[1]
     block = re.search(r"```yaml\n(.*?)```", section, re.S)
     assert block is not None
-    spec = RecommendationSpec.model_validate(yaml.safe_load(block.group(1)))
+    document = yaml.safe_load(block.group(1))
+    spec = RecommendationSpec.model_validate(document)
     assert spec.model.type == "mlp" and spec.dataset.name == "fashion-mnist"
     assert spec.budget.epochs == 20 and spec.optimizer.learning_rate is None
+    # Stumble 15: every field a user can set is documented there, so the block cannot go stale.
+    assert set(document) == set(RecommendationSpec.model_fields)
+    for name in ("optimizer", "budget"):
+        assert set(document[name]) == set(type(getattr(spec, name)).model_fields), name
