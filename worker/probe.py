@@ -609,6 +609,7 @@ class _Population:
         # The template only supplies the structure; its own storage is not needed.
         self.template = template = template.to("meta")
         del models, params, buffers
+
         def logits(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
             out: Tensor = functional_call(template, (p, b), (x,))
             return out
