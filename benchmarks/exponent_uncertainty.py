@@ -118,12 +118,10 @@ def middle_probe(
                      seed=lo.config.seed + MIDDLE_SEED_OFFSET,
                      steps=int(lo.config.steps // MIDDLE_FACTOR))
     planned = replace(lo, key="mid", config=config, epochs=lo.epochs / MIDDLE_FACTOR)
-    steps = (lo.config.steps, hi.config.steps)
     kind = order_kind(spec)
     (result,) = run_population(
         spec.model, data, [config], device=device,
-        measure_every=max(recommend.MIN_MEASURE_INTERVAL, math.isqrt(steps[0] * steps[1])
-                          // recommend.MEASUREMENTS_PER_PROBE),
+        measure_every=recommend.measure_interval([lo.config.steps, hi.config.steps]),
         evaluate_last_only=True,
         stop_when=recommend._stop_rule([planned], kind),
         chi_every_record=kind == "chi",

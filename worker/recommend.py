@@ -96,6 +96,11 @@ def _stop_rule(
     return stop
 
 
+def measure_interval(steps: list[int]) -> int:
+    """Steps between measurements for a group of probes running these many steps each."""
+    return max(MIN_MEASURE_INTERVAL, math.isqrt(min(steps) * max(steps)) // MEASUREMENTS_PER_PROBE)
+
+
 def _run_group(
     spec: RecommendationSpec,
     dataset: Dataset,
@@ -111,10 +116,7 @@ def _run_group(
     # and the longest twice as many. A measurement (χ needs a forward pass on 128 examples) costs
     # several training steps, so measuring every probe 40 times at the shortest one's cadence
     # made the probes' wall time 3–4× their share of samples on small CNNs.
-    steps = [c.steps for c in configs]
-    measure_every = max(
-        MIN_MEASURE_INTERVAL, math.isqrt(min(steps) * max(steps)) // MEASUREMENTS_PER_PROBE
-    )
+    measure_every = measure_interval([c.steps for c in configs])
     kind = order_kind(spec)
     return run_population(
         spec.model,
