@@ -39,13 +39,13 @@ from benchmarks.suite import REGISTRY, case_spec, provenance, read_json, study_a
 from edgetune.schemas import RecommendationSpec
 from worker import fit, recommend
 from worker.data import Dataset, load_dataset
-from worker.law import order_kind, order_series
+from worker.law import OrderKind, order_kind, order_series
 from worker.plan import PlannedProbe, plan_probes
 from worker.probe import pick_device, run_population
 
 RESULTS = Path(__file__).parent / "results"
 PARTS = RESULTS / "exponent_uncertainty"
-# Every MLP family the suite answers with a growth law (the CNNs have none, resnet18 is refused).
+# Every MLP family the suite answers with a growth law (resnet18 is refused; the CNNs below).
 CASES = (
     "fmnist-paper-20ep",
     "fmnist-paper-3ep-10k",
@@ -53,6 +53,11 @@ CASES = (
     "mnist-tanh-512x2-10ep",
     "digits-mlp64-10ep",
 )
+# The CNNs: the engine steers χ there and χ does not grow (science.md §6); what this study measures
+# on them is the growth of J², every layer's J² being recorded by every probe. Kaiming-ReLU nets
+# start at J² = 2, above the tanh edge of 1, and ReLU has no chaotic phase: no edge cut for them.
+MEASURED_KIND: dict[str, OrderKind] = {"fmnist-cnn-small-5ep": "J2", "digits-cnn-10ep": "J2"}
+CNN_CASES = tuple(MEASURED_KIND)
 METHODS: tuple[fit.Uncertainty, ...] = ("lag1", "bootstrap")
 Z95 = 1.959963984540054
 MIDDLE_SEED_OFFSET = 1000  # the middle probe's seed, beyond any the plan gives
@@ -71,9 +76,11 @@ def run_seed(
     the middle probe. A part stored before the middle probe existed gets only that."""
     spec = case_spec(REGISTRY[name]).model_copy(update={"seed": seed})
     if stored is not None:
-        return stored | {"middle": middle_probe(spec, data, plan_probes(spec, data), device)}
+        plan = plan_probes(spec, data)
+        middle = middle_probe(spec, data, plan, device, stored["order_parameter"])
+        return stored | {"middle": middle}
     run = timed_engine_run(spec, data, device)
-    kind = order_kind(spec)
+    kind = MEASURED_KIND.get(name, order_kind(spec))
     probes = []
     for p in run.plan:
         result = run.results[p.key]
@@ -96,14 +103,18 @@ def run_seed(
         "seed": seed,
         "order_parameter": kind,
         "probes": probes,
-        "middle": middle_probe(spec, data, run.plan, device),
+        "middle": middle_probe(spec, data, run.plan, device, kind),
         "learning_rate": hyper.learning_rate if hyper else None,
         "probe_wall_s": run.probe_wall,
     }
 
 
 def middle_probe(
-    spec: RecommendationSpec, data: Dataset, plan: list[PlannedProbe], device: torch.device
+    spec: RecommendationSpec,
+    data: Dataset,
+    plan: list[PlannedProbe],
+    device: torch.device,
+    kind: OrderKind,
 ) -> dict[str, Any] | None:
     """The direct test of the fitted exponent: one more probe at twice the lower growth probe's
     rate (the geometric middle of the 4× bracket, where the engine's answers land), at the same
@@ -118,7 +129,6 @@ def middle_probe(
                      seed=lo.config.seed + MIDDLE_SEED_OFFSET,
                      steps=int(lo.config.steps // MIDDLE_FACTOR))
     planned = replace(lo, key="mid", config=config, epochs=lo.epochs / MIDDLE_FACTOR)
-    kind = order_kind(spec)
     (result,) = run_population(
         spec.model, data, [config], device=device,
         measure_every=recommend.measure_interval([lo.config.steps, hi.config.steps]),
@@ -135,23 +145,31 @@ def middle_probe(
 # Refits: what each interval method says about one seed's probes.
 
 
-def growth(t: list[float], y: list[float], method: fit.Uncertainty) -> fit.Estimate | None:
-    """The growth rate as the engine fits it (transient detected, cut below the edge), with the
+def edge_cut(part: dict[str, Any]) -> float | None:
+    """Where a case's growth fits stop: below the edge, as the engine's, but nowhere for the
+    CNNs' J² (ReLU has no chaotic phase; Kaiming starts at J² = 2)."""
+    return None if part["case"] in MEASURED_KIND else 0.9 * fit.EDGE
+
+
+def growth(
+    t: list[float], y: list[float], method: fit.Uncertainty, edge: float | None = 0.9 * fit.EDGE
+) -> fit.Estimate | None:
+    """The growth rate as the engine fits it (transient detected, cut below `edge`), with the
     standard error `method` gives it."""
     try:
         t_min = fit.transient_end(t, y)
-        g = fit.fit_growth(t, y, t_min=t_min, edge=0.9 * fit.EDGE, uncertainty=method)
+        g = fit.fit_growth(t, y, t_min=t_min, edge=edge, uncertainty=method)
     except fit.FitError:
         return None
     return None if g.chaotic or g.A.value <= 0 else g.A
 
 
 def exponent(
-    lo: dict[str, Any], hi: dict[str, Any], method: fit.Uncertainty
+    lo: dict[str, Any], hi: dict[str, Any], method: fit.Uncertainty, edge: float | None
 ) -> tuple[float, float] | None:
     """(a, se) of A ∝ η^a between the two growth probes, the se propagated from the growth
     rates' standard errors as the engine's scaling fit does with two probes (dof 0)."""
-    a_lo, a_hi = growth(lo["t"], lo["y"], method), growth(hi["t"], hi["y"], method)
+    a_lo, a_hi = growth(lo["t"], lo["y"], method, edge), growth(hi["t"], hi["y"], method, edge)
     if a_lo is None or a_hi is None:
         return None
     span = math.log(hi["learning_rate"] / lo["learning_rate"])
@@ -189,7 +207,7 @@ def middle_test(parts: list[dict[str, Any]], method: fit.Uncertainty) -> dict[st
             continue
         lo, hi = sorted((p for p in part["probes"] if p["purpose"] == "growth"),
                         key=lambda p: p["learning_rate"])
-        fits = [growth(p["t"], p["y"], method) for p in (lo, mid, hi)]
+        fits = [growth(p["t"], p["y"], method, edge_cut(part)) for p in (lo, mid, hi)]
         if any(f is None for f in fits):
             continue
         a_lo, a_mid, a_hi = (f for f in fits if f is not None)
@@ -224,8 +242,8 @@ def analyse(parts: list[dict[str, Any]]) -> dict[str, Any]:
     for method in METHODS:
         entry: dict[str, Any] = {}
         for key in growth_probes:
-            fits = [growth(p["t"], p["y"], method) for part in parts for p in part["probes"]
-                    if p["key"] == key]
+            fits = [growth(p["t"], p["y"], method, edge_cut(part)) for part in parts
+                    for p in part["probes"] if p["key"] == key]
             ok = [f for f in fits if f is not None]
             if len(ok) >= 3:
                 entry[f"A {key}"] = calibration([f.value for f in ok], [f.se for f in ok])
@@ -236,7 +254,7 @@ def analyse(parts: list[dict[str, Any]]) -> dict[str, Any]:
                     (p for p in part["probes"] if p["purpose"] == "growth"),
                     key=lambda p: p["learning_rate"],
                 )
-                e = exponent(lo, hi, method)
+                e = exponent(lo, hi, method, edge_cut(part))
                 if e is not None:
                     exps.append(e)
             if len(exps) >= 3:
@@ -287,7 +305,9 @@ def print_table(cases: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated suite cases")
+    parser.add_argument(
+        "--cases", default=",".join(CASES + CNN_CASES), help="comma-separated suite cases"
+    )
     parser.add_argument("--seeds", default="0-15", help="a seed or a range, e.g. 0-15")
     parser.add_argument("--merge", action="store_true", help="analyse the stored parts")
     args = study_arguments(parser).parse_args(argv)

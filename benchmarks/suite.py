@@ -737,7 +737,35 @@ def recommend_summary(rec: dict[str, Any]) -> dict[str, Any]:
             out["probe_wall_s"] = statistics.median(timing["probe_wall_s"])
             out["one_run_wall_s"] = statistics.median(timing["one_run_wall_s"])
         out["probe_time_ratio"] = out["probe_wall_s"] / out["one_run_wall_s"]
+        out["edge_landing"] = edge_landing(r, training)
     return out
+
+
+def edge_landing(r: dict[str, Any], training: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the recommended runs' order parameter ended against where the engine said it would:
+    J² at the end (mean over seeds), for answers steered by J² (the runs record J only).
+
+    `growth_ratio` compares the growth alone (the end minus the prediction's start), and
+    `probe_tau` is how far each growth probe got in τ = epochs·η/((1−α)B): the shorter, the more
+    of the slow transient's fast early growth the probes' slopes hold (science.md §7)."""
+    edge = r.get("edge") or {}
+    steered = (edge.get("order_parameter") or {}).get("name")
+    if steered != "J2" or edge.get("predicted_final") is None:
+        return None
+    ends = [run["J_max"] for run in training["runs"] if run.get("J_max") is not None]
+    if not ends:
+        return None
+    measured = statistics.mean(j * j for j in ends)
+    predicted, start = edge["predicted_final"], edge["predicted_trajectory"]["value"][0]
+    return {
+        "predicted_final": predicted,
+        "measured_final": measured,
+        "relative_error": measured / predicted - 1,
+        "growth_ratio": (measured - start) / (predicted - start),
+        "probe_tau": [
+            p["effective_rate"] * p["growth"]["t_end"] for p in edge["probes"] if p.get("growth")
+        ],
+    }
 
 
 def case_row(case: Case, out_dir: Path, registry: dict[str, Case]) -> dict[str, Any]:
@@ -952,6 +980,14 @@ def print_notes(rows: list[dict[str, Any]]) -> None:
             notes.append(
                 f"recommends {rec['hyperparameters']}, validity.ok {rec['validity_ok']}"
                 + (f" ({rec['validity_reason']})" if rec["validity_reason"] else "")
+            )
+        landing = (rec or {}).get("edge_landing")
+        if landing:
+            taus = ", ".join(f"{t:.2g}" for t in landing["probe_tau"])
+            notes.append(
+                f"J² at the end {landing['measured_final']:.3f} against the predicted "
+                f"{landing['predicted_final']:.3f} ({100 * landing['relative_error']:+.0f} %; "
+                f"growth {landing['growth_ratio']:.2f} of the predicted; probes reached τ {taus})"
             )
         if r.get("grid"):
             g = r["grid"]

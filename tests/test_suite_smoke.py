@@ -67,6 +67,7 @@ def test_suite_runs_merges_and_skips_stored_parts(
     table = capsys.readouterr().out
     assert "tiny-1ep" in table and "targets (issue 12)" in table
     report = json.loads(merged.read_text())
+    landed = []
     for row in report["cases"]:
         assert row["missing"] == []
         assert {"best_test_accuracy", "best_config"} <= row["grid"].keys()
@@ -76,6 +77,19 @@ def test_suite_runs_merges_and_skips_stored_parts(
         if not row["refused"]:
             assert {"regret_vs_grid_points", "gain_vs_default_points"} <= row.keys()
             assert rec["one_run_wall_s"] > 0 and rec["seeds"] == 1
+            # Where the runs' order parameter ended against the prediction, from the stored runs
+            # (an answer without a growth law predicts no end: nothing to compare).
+            stored = json.loads((out / row["case"] / "recommend.json").read_text())
+            predicted = stored["engine"]["recommendation"]["edge"]["predicted_final"]
+            landing = rec["edge_landing"]
+            assert (landing is None) == (predicted is None)
+            if landing:
+                end = stored["training"]["runs"][0]["J_max"] ** 2
+                assert landing["measured_final"] == pytest.approx(end)
+                assert landing["relative_error"] == pytest.approx(end / predicted - 1)
+                assert f"J² at the end {end:.3f}" in table
+                landed.append(row["case"])
+    assert landed  # tiny-2ep's answer has a growth law
     assert all(t["verdict"] in ("met", "not met", "missing") for t in report["targets"])
 
 
