@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, jacrev, stack_module_state, vmap
 
-from app.schemas import CNNSpec, ConvBlockSpec, InitSpec, MLPSpec
-from edgetune.nets import EdgeNet, build_model, layer_infos
+from app.schemas import CNNSpec, ConvBlockSpec, InitSpec, MLPSpec, TorchvisionSpec
+from edgetune.nets import EdgeNet, build_model, layer_infos, seeded_model
 from tests.theory import (
     apjn_exact,
     iterated_map_norm,
@@ -28,6 +28,7 @@ from worker.order import (
     couplings,
     lyapunov_summary,
     measure,
+    network_apjn,
     random_unit_vectors,
     summary_layers,
     susceptibilities,
@@ -316,3 +317,61 @@ def test_summary_of_a_three_layer_net_skips_the_input_layer():
     assert float(lyapunov_summary(chi, summary_layers(infos))) == pytest.approx(0.5)
     # A single non-square layer is the only candidate: it stands in rather than nothing.
     assert summary_layers(layer_infos(_mlp(20, [50]))) == [0]
+
+
+# --- The network's APJN: exact, and blind to the weight scale BatchNorm removes -----------------
+
+
+def _basis_vectors(batch: int, n_out: int) -> torch.Tensor:
+    """Every output direction for every example: Hutchinson's average over them is exact."""
+    return torch.eye(n_out).unsqueeze(1).expand(n_out, batch, n_out).contiguous()
+
+
+def test_network_apjn_is_the_input_output_jacobians_norm():
+    model = _mlp(12, [16, 16], activation="tanh", J=1.3, seed=3)
+    params = _params(model)
+    x = torch.randn((6, 12), generator=torch.Generator().manual_seed(5))
+
+    def f(one: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = functional_call(model, params, (one.unsqueeze(0),))
+        return out.squeeze(0)
+
+    jacobians = vmap(jacrev(f))(x)  # (batch, 10, 12)
+    exact = float((jacobians**2).sum(dim=(1, 2)).mean() / 10)
+    estimate = float(network_apjn(model, params, x, _basis_vectors(6, 10)))
+    assert estimate == pytest.approx(exact, rel=1e-5)
+
+
+def _scaled(params: dict[str, torch.Tensor], names: list[str], factor: float) -> dict:
+    return {k: v * factor if k in names else v for k, v in params.items()}
+
+
+def test_network_apjn_under_batchnorm_ignores_the_weight_scale_that_moves_J():
+    # resnet18 as the probes train it (BatchNorm on batch statistics): every convolution feeds a
+    # BatchNorm, so scaling its weights leaves the function, and the network's APJN, unchanged.
+    model = seeded_model(TorchvisionSpec(name="resnet18"), (1, 28, 28), 10, seed=0)
+    params = _params(model)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    names = [f"{n}.weight" for n in convs]
+    x = torch.randn((8, 1, 28, 28), generator=torch.Generator().manual_seed(7))
+    vectors = _basis_vectors(8, 10)
+    before = float(network_apjn(model, params, x, vectors))
+    after = float(network_apjn(model, _scaled(params, names, 3.0), x, vectors))
+    assert after == pytest.approx(before, rel=2e-3)
+    infos = layer_infos(model)
+    j_before, _ = couplings(params, infos)
+    j_after, _ = couplings(_scaled(params, names, 3.0), infos)
+    conv_layers = [i for i, info in enumerate(infos) if info.weight in names]
+    assert conv_layers and torch.allclose(j_after[conv_layers], 3 * j_before[conv_layers])
+
+
+def test_network_apjn_without_batchnorm_moves_with_the_weight_scale():
+    # The control: no normalisation, so the same scaling changes the function and the APJN.
+    model = _mlp(12, [16, 16], activation="tanh", J=0.8, seed=4)
+    params = _params(model)
+    names = [info.weight for info in layer_infos(model)]
+    x = torch.randn((6, 12), generator=torch.Generator().manual_seed(5))
+    vectors = _basis_vectors(6, 10)
+    before = float(network_apjn(model, params, x, vectors))
+    after = float(network_apjn(model, _scaled(params, names, 3.0), x, vectors))
+    assert after > 2 * before

@@ -7,6 +7,8 @@ Definitions follow shared/docs/science.md §2:
 - APJN_l = E_x ‖∂f_l/∂x_l‖_F² / N_out for the layer map f_l(x_l) = φ(W_l x_l + b_l). In mean field
   this equals χ_l as defined above; we use the layer map (rather than h_l → h_{l+1}) because it is
   defined for every hidden layer, including the paper's single one.
+- the network's APJN (`network_apjn`): the same for the whole map from input to logits; under
+  BatchNorm, where J is a gauge, the scale-invariant quantity.
 
 Cost: J is free (weights only), χ one forward pass, APJN one backward pass per random vector. The
 per-member functions (`couplings`, `susceptibilities`,
@@ -98,6 +100,24 @@ def apjn_hutchinson(
     `vectors` has shape (n_vectors, batch, *out_shape).
     """
     _, pullback = vjp(lambda x: layer_map(model, params, info, x), x_in)[:2]
+    estimates = []
+    for k in range(vectors.shape[0]):
+        (g,) = pullback(vectors[k])
+        estimates.append((g * g).flatten(1).sum(dim=1).mean())
+    return torch.stack(estimates).mean()
+
+
+def network_apjn(model: nn.Module, params: Params, x: Tensor, vectors: Tensor) -> Tensor:
+    """APJN of the whole network, input to logits: E_x ‖∂f/∂x‖_F² / N_out, by vector–Jacobian
+    products against `vectors` (n_vectors, batch, N_out), as `apjn_hutchinson` does per layer.
+
+    A property of the function the network computes, not of its parametrisation: where
+    BatchNorm makes the function independent of the scale of the weights before it (so J is a
+    gauge there), this is unchanged by that scale. With BatchNorm on batch statistics the
+    examples of a batch are coupled, and the estimate also counts ∂f_i/∂x_j for i ≠ j, terms of
+    order 1/batch. Cost: one forward and n_vectors backward passes of the network on the batch.
+    """
+    _, pullback = vjp(lambda inputs: functional_call(model, params, (inputs,)), x)[:2]
     estimates = []
     for k in range(vectors.shape[0]):
         (g,) = pullback(vectors[k])
