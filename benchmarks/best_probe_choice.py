@@ -1,0 +1,116 @@
+"""What the seed-dependent choice of the best probe costs, where no growth law places a run.
+
+On the suite's two CNN cases the engine answers with the probe of lowest validation loss at
+equal τ (`no_growth_law`), and which probe that is depends on the seed
+(benchmarks/results/exponent_uncertainty/<case>/: the answer of each of 20 seeds). This study
+trains the answer each probe would give (its rate as the schedule's mean, as the engine turns it
+into a peak) with 3 seeds, on the suite's split, one population per option, beside the suite's
+folklore default. Selected on nothing: both options are reported on validation and test. Writes
+benchmarks/results/best_probe_choice_<device>.json with the command, git revision and machine. A
+claim about these two cases only.
+
+    .venv/bin/python benchmarks/best_probe_choice.py [--cases digits-cnn-10ep,fmnist-cnn-small-5ep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.suite import (
+    OUT_DIR,
+    REGISTRY,
+    default_summary,
+    provenance,
+    read_json,
+    recommended_configs,
+    study_arguments,
+    train_and_read,
+    write_json,
+)
+from worker.data import load_dataset
+from worker.probe import pick_device
+
+RESULTS = Path(__file__).parent / "results"
+CASES = ("digits-cnn-10ep", "fmnist-cnn-small-5ep")
+SEEDS = 3
+
+
+def seed_answers(name: str) -> dict[str, int]:
+    """How often each answer (its peak rate) came out over the exponent study's seeds."""
+    folder = RESULTS / "exponent_uncertainty" / name
+    rates = [p["learning_rate"] for f in sorted(folder.glob("seed*.json")) if (p := read_json(f))]
+    return {f"{rate:.4g}": n for rate, n in sorted(collections.Counter(rates).items())}
+
+
+def run_case(name: str, data_root: Path, device: torch.device) -> dict[str, Any]:
+    case = REGISTRY[name]
+    stored = read_json(OUT_DIR / name / "recommend.json")
+    default = read_json(OUT_DIR / (case.runs_from or name) / "default.json")
+    if stored is None or default is None:
+        raise SystemExit(f"{name}: run benchmarks/suite.py --cases {name} first")
+    answer = stored["engine"]["recommendation"]
+    hyper = answer["hyperparameters"]
+    data = load_dataset(case.dataset, [data_root], 0).to(device)
+    mean = hyper["schedule"]["mean_multiplier"]
+    options = {}
+    for probe in answer["edge"]["probes"]:
+        h = dict(hyper, learning_rate=probe["learning_rate"] / mean)
+        configs = recommended_configs(h, range(SEEDS))
+        reads, wall = train_and_read(case.model, data, configs, [float(h["epochs"])], device)
+        test = [r[0]["test_accuracy"] for r in reads]
+        val = [r[0]["val_accuracy"] for r in reads]
+        options[probe["key"]] = {
+            "probe_learning_rate": probe["learning_rate"],
+            "peak_learning_rate": h["learning_rate"],
+            "test_accuracy": test,
+            "val_accuracy": val,
+            "test_accuracy_mean": statistics.mean(test),
+            "test_accuracy_std": statistics.stdev(test),
+            "val_accuracy_mean": statistics.mean(val),
+            "training_wall_s": wall,
+        }
+    return {
+        "about": case.about,
+        "answer_at_seed_0": hyper["learning_rate"],
+        "answers_over_seeds": seed_answers(name),
+        "options": options,
+        "default": default_summary(default, case.epochs),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated suite cases")
+    args = study_arguments(parser).parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = pick_device()
+    out = args.out or RESULTS / f"best_probe_choice_{device.type}.json"
+    report = read_json(out) or {"benchmark": "best_probe_choice", "cases": {}}
+    for name in args.cases.split(","):
+        c = report["cases"][name] = run_case(name, args.data_root, device)
+        report["provenance"] = provenance(device, argv, "benchmarks/best_probe_choice.py")
+        write_json(out, report)
+        d = c["default"]
+        print(
+            f"{name}: answers over seeds {c['answers_over_seeds']}; the default "
+            f"{d['test_accuracy_mean']:.4f} ± {d['test_accuracy_std']:.4f}"
+        )
+        for key, o in c["options"].items():
+            print(
+                f"  {key}: peak {o['peak_learning_rate']:.4g}  test {o['test_accuracy_mean']:.4f}"
+                f" ± {o['test_accuracy_std']:.4f}  val {o['val_accuracy_mean']:.4f}"
+            )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
