@@ -1,9 +1,10 @@
 """What the seed-dependent choice of the best probe costs, where no growth law places a run.
 
-On the suite's two CNN cases the engine answers with the probe of lowest validation loss at
-equal τ (`no_growth_law`), and which probe that is depends on the seed
-(benchmarks/results/exponent_uncertainty/<case>/: the answer of each of 20 seeds). This study
-trains the answer each probe would give (its rate as the schedule's mean, as the engine turns it
+On the suite's two CNN cases (ReLU, Kaiming init) the engine answers with the probe of lowest
+validation loss at equal τ (`no_growth_law`), and which probe that is depends on the seed
+(benchmarks/results/exponent_uncertainty/<case>/: the answer of each of 20 seeds). The study
+measures χ of the untrained networks over 20 seeds (whether a Kaiming net reads as at the
+boundary, χ ≥ 1, was a coin flip before worker/decide.py took it from the spec), and trains the answer each probe would give (its rate as the schedule's mean, as the engine turns it
 into a peak) with 3 seeds, on the suite's split, one population per option, beside the suite's
 folklore default. Selected on nothing: both options are reported on validation and test. Writes
 benchmarks/results/best_probe_choice_<device>.json with the command, git revision and machine. A
@@ -26,6 +27,7 @@ import torch
 from benchmarks.suite import (
     OUT_DIR,
     REGISTRY,
+    case_spec,
     default_summary,
     provenance,
     read_json,
@@ -34,12 +36,15 @@ from benchmarks.suite import (
     train_and_read,
     write_json,
 )
-from worker.data import load_dataset
-from worker.probe import pick_device
+from worker.data import Dataset, load_dataset
+from worker.law import order_series
+from worker.plan import plan_probes
+from worker.probe import ProbeConfig, pick_device, run_population
 
 RESULTS = Path(__file__).parent / "results"
 CASES = ("digits-cnn-10ep", "fmnist-cnn-small-5ep")
 SEEDS = 3
+SEEDS_AT_STEP_0 = 20
 
 
 def seed_answers(name: str) -> dict[str, int]:
@@ -47,6 +52,29 @@ def seed_answers(name: str) -> dict[str, int]:
     folder = RESULTS / "exponent_uncertainty" / name
     rates = [p["learning_rate"] for f in sorted(folder.glob("seed*.json")) if (p := read_json(f))]
     return {f"{rate:.4g}": n for rate, n in sorted(collections.Counter(rates).items())}
+
+
+def chi_at_step_0(name: str, data: Dataset, device: torch.device) -> dict[str, Any]:
+    """χ of the untrained network over SEEDS_AT_STEP_0 seeds, each probe's own initialisation
+    (the plan's seeds) measured on one batch as the probes' first record is: the scatter that
+    decides whether a Kaiming-ReLU net reads as at the boundary (χ ≥ 1) or below it."""
+    case = REGISTRY[name]
+    spec = case_spec(case)
+    values = []
+    for seed in range(SEEDS_AT_STEP_0):
+        seeds = [p.config.seed for p in plan_probes(spec.model_copy(update={"seed": seed}), data)]
+        configs = [ProbeConfig(0.0, 0.0, 0.0, case.batch_size, s, 0) for s in seeds]
+        results = run_population(
+            case.model, data, configs, device=device, measure_every=0, eval_every=0
+        )
+        values.append([float(order_series(r.records[:1], "chi")[1][0]) for r in results])
+    flat = [v for row in values for v in row]
+    return {
+        "per_seed": values,
+        "mean": statistics.mean(flat),
+        "sd": statistics.stdev(flat),
+        "seeds_whose_median_is_at_least_1": sum(statistics.median(row) >= 1 for row in values),
+    }
 
 
 def run_case(name: str, data_root: Path, device: torch.device) -> dict[str, Any]:
@@ -80,6 +108,7 @@ def run_case(name: str, data_root: Path, device: torch.device) -> dict[str, Any]
         "about": case.about,
         "answer_at_seed_0": hyper["learning_rate"],
         "answers_over_seeds": seed_answers(name),
+        "chi_at_step_0": chi_at_step_0(name, data, device),
         "options": options,
         "default": default_summary(default, case.epochs),
     }
@@ -98,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         c = report["cases"][name] = run_case(name, args.data_root, device)
         report["provenance"] = provenance(device, argv, "benchmarks/best_probe_choice.py")
         write_json(out, report)
-        d = c["default"]
+        d, chi = c["default"], c["chi_at_step_0"]
         print(
-            f"{name}: answers over seeds {c['answers_over_seeds']}; the default "
-            f"{d['test_accuracy_mean']:.4f} ± {d['test_accuracy_std']:.4f}"
+            f"{name}: χ at step 0 {chi['mean']:.3f} ± {chi['sd']:.3f} (median ≥ 1 in "
+            f"{chi['seeds_whose_median_is_at_least_1']}/{SEEDS_AT_STEP_0} seeds); answers over "
+            f"seeds {c['answers_over_seeds']}; the default {d['test_accuracy_mean']:.4f} ± "
+            f"{d['test_accuracy_std']:.4f}"
         )
         for key, o in c["options"].items():
             print(

@@ -226,6 +226,34 @@ def test_a_relu_net_at_kaiming_init_gets_its_best_probe_without_the_word_chaotic
     )
 
 
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        [{"channels": 16}, {"channels": 16, "pool": 2}],
+        [{"channels": 16, "pool": 2}, {"channels": 32, "pool": 2}],
+    ],
+    ids=["cnn-defaults", "cnn-small"],
+)
+def test_a_kaiming_relu_net_takes_the_same_path_whatever_its_seed(
+    digits: Dataset, blocks: list[dict[str, int]]
+) -> None:
+    # Kaiming puts ReLU at χ = 1 by design; measured on one batch χ scatters ±0.1 around it, and
+    # judging the path on that measurement sent seeds of one spec to different kinds of answer
+    # (best probe, an extrapolated law, or none at all).
+    initial = []
+    for seed in range(4):
+        rec = _run(_spec(model={"type": "cnn", "blocks": blocks}, seed=seed), digits)
+        assert rec.validity.flags.get("no_growth_law") is True, (seed, rec.validity.reason)
+        assert rec.hyperparameters is not None
+        reason = rec.validity.reason or ""
+        assert "no chaotic phase" in reason and "by design" in reason
+        assert rec.edge.initial is not None
+        initial.append(rec.edge.initial)
+        if rec.edge.initial < 1.0:  # the reason does not claim χ ≥ 1 where it measured less
+            assert "≥ 1" not in reason and "in mean field" in reason
+    assert min(initial) < 1.0  # the seeds include the case this test is about
+
+
 def test_a_batchnorm_network_is_refused_at_zero_probe_cost(data_root: Path) -> None:
     spec = RecommendationSpec.model_validate(
         {

@@ -26,7 +26,7 @@ from app.schemas import Cost, Recommendation, RecommendationSpec, Verification
 from edgetune.nets import first_probe_seed
 from worker import fit
 from worker.data import Dataset
-from worker.decide import decide, initial_refusal, refusal
+from worker.decide import at_the_boundary_by_design, decide, initial_refusal, refusal
 from worker.law import BASE_BATCH, EDGE, OrderKind, order_kind, order_series, step0_kind
 from worker.plan import PlannedProbe, plan_probes
 from worker.probe import (
@@ -129,7 +129,9 @@ def _run_group(
         # or the stop rule ended it. Mid-probe ones cost 0.03–0.3 s each for nothing.
         evaluate_last_only=True,
         on_progress=on_progress,
-        stop_when=_stop_rule(probes, kind),
+        # A Kaiming-ReLU net is answered with its best probe at equal τ, which a stop (its χ
+        # crossing 0.95, or a slope known to ±2 %) would cut unequally short.
+        stop_when=None if at_the_boundary_by_design(spec) else _stop_rule(probes, kind),
         # Under J² (weights only), χ is evidence, not the answer: with the evaluations suffices.
         chi_every_record=kind == "chi",
         measure_examples=CONV_MEASURE_EXAMPLES if kind == "chi" else MEASURE_BATCH,
