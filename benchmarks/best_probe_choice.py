@@ -4,11 +4,12 @@ On the suite's two CNN cases (ReLU, Kaiming init) the engine answers with the pr
 validation loss at equal τ (`no_growth_law`), and which probe that is depends on the seed
 (benchmarks/results/exponent_uncertainty/<case>/: the answer of each of 20 seeds). The study
 measures χ of the untrained networks over 20 seeds (whether a Kaiming net reads as at the
-boundary, χ ≥ 1, was a coin flip before worker/decide.py took it from the spec), and trains the answer each probe would give (its rate as the schedule's mean, as the engine turns it
-into a peak) with 3 seeds, on the suite's split, one population per option, beside the suite's
+boundary, χ ≥ 1, was a coin flip before worker/decide.py took it from the spec). Then it trains
+the answer each probe would give (its rate as the schedule's mean, as the engine turns it into
+a peak) with 3 seeds, on the suite's split, one population per option, beside the suite's
 folklore default. Selected on nothing: both options are reported on validation and test. Writes
-benchmarks/results/best_probe_choice_<device>.json with the command, git revision and machine. A
-claim about these two cases only.
+benchmarks/results/best_probe_choice_<device>.json with the command, git revision and machine.
+A claim about these two cases only.
 
     .venv/bin/python benchmarks/best_probe_choice.py [--cases digits-cnn-10ep,fmnist-cnn-small-5ep]
 """
