@@ -242,9 +242,10 @@ def at_the_boundary_by_design(spec: RecommendationSpec) -> bool:
 def _at_the_boundary(spec: RecommendationSpec, y0: float) -> str:
     """Why no growth law places a network without a chaotic phase that starts at χ ≥ 1."""
     by_design = at_the_boundary_by_design(spec)
+    measured = y0 >= EDGE or not by_design
     where = (
         f"the network starts at χ = {y0:.2f} ≥ 1, the boundary"
-        if y0 >= EDGE or not by_design
+        if measured
         else (
             "kaiming initialisation starts this ReLU network at χ = 1 in mean field (measured "
             f"on one batch: {y0:.2f}; it scatters by about ±0.1 between initialisations), the "
@@ -254,7 +255,7 @@ def _at_the_boundary(spec: RecommendationSpec, y0: float) -> str:
     return (
         f"{where} between vanishing and exploding gradients ({_activation(spec)} networks have "
         "no chaotic phase"
-        + ("; kaiming initialisation puts them there by design" if by_design else "")
+        + ("; kaiming initialisation puts them there by design" if by_design and measured else "")
         + "); the growth law steers χ up to 1 from below, so it cannot place this run. To have "
         "the law place it, start below the boundary (model.init: {scheme: edge, J: 1.0} gives "
         "χ ≈ 0.5 for ReLU)"
