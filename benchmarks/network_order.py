@@ -32,6 +32,7 @@ from benchmarks.suite import (
     LEARNING_RATES,
     OUT_DIR,
     REGISTRY,
+    calling_population,
     epoch_steps,
     provenance,
     read_json,
@@ -71,10 +72,7 @@ class _Reader:
     def __call__(self, progress: ProbeProgress) -> bool:
         if progress.step not in self.steps:
             return True
-        frame = inspect.currentframe()
-        pop = frame.f_back.f_locals.get("pop") if frame and frame.f_back else None
-        if pop is None or not hasattr(pop, "member_params"):
-            raise RuntimeError("run_population no longer exposes its population to on_progress")
+        pop = calling_population(inspect.currentframe())
         for position, member in enumerate(pop.members):
             params = pop.member_params(position)
             value = network_apjn(self.model, params, self.x, self.vectors)

@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -325,6 +326,19 @@ def epoch_steps(dataset: Dataset, batch_size: int, epochs: float) -> int:
     return max(1, round(epochs * (dataset.train_size // batch_size)))
 
 
+def calling_population(frame: FrameType | None) -> Any:
+    """The population whose run_population called the `on_progress` running in `frame` (its
+    local `pop`): the weights before the end of a run, which the worker has no hook for. Fails
+    loudly if run_population stops exposing it."""
+    pop = frame.f_back.f_locals.get("pop") if frame and frame.f_back else None
+    if pop is None or not hasattr(pop, "member_params"):
+        raise RuntimeError(
+            "worker.probe.run_population no longer exposes its population to on_progress: "
+            "reading weights before the end of a run needs another way in"
+        )
+    return pop
+
+
 @dataclass
 class _Tap:
     """Evaluates the live members at the read steps before the last, from run_population's
@@ -341,13 +355,7 @@ class _Tap:
     def __call__(self, progress: ProbeProgress) -> bool:
         if progress.step not in self.steps:
             return True
-        frame = inspect.currentframe()
-        pop = frame.f_back.f_locals.get("pop") if frame and frame.f_back else None
-        if pop is None or not hasattr(pop, "member_params"):
-            raise RuntimeError(
-                "worker.probe.run_population no longer exposes its population to on_progress: "
-                "reading weights before the end of a run needs another way in"
-            )
+        pop = calling_population(inspect.currentframe())
         start = time.perf_counter()
         for position, member in enumerate(pop.members):
             config = pop.configs[member]
