@@ -636,7 +636,9 @@ def answer_law(
     9.9, 10.0 and 10.7 (20 epochs constant; 20, 60 and 10 epochs warmup-cosine) against the
     slower probe's 10.5, 10.6, 9.3 and 11.9 and the chord's 11.6, 11.7, 9.8 and 14.8; on the deep
     tanh and ReLU MLPs 13.8 and 18.5 against 18.9 and 21.6, chord 21.8 and 23.8
-    (benchmarks/results/suite.json's edge_landing, schedule_check_cpu.json)."""
+    (benchmarks/results/suite.json's edge_landing, schedule_check_cpu.json). The chord does
+    predict a third probe's slope at equal τ (`_theory_exponents`); what it overstates is how
+    fast the long run keeps growing once the transient is over."""
     theory = _theory_exponents(scaling)
 
     def fitted(eta: float, alpha: float, batch: float) -> fit.Estimate:
