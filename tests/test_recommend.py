@@ -623,6 +623,9 @@ def test_a_growth_exponent_above_1_sets_the_rate_from_the_slower_probe(digits: D
     assert growth is not None
     expected = slow.growth.A.value * hp.effective_rate / slow.effective_rate
     assert growth.value == pytest.approx(expected, rel=1e-6)
+    # The k reported (and drawn by the plots) is the slower probe's, the one the answer used.
+    assert rec.edge.k is not None
+    assert rec.edge.k.value == pytest.approx(slow.growth.A.value / slow.effective_rate, rel=1e-6)
     # The schedule's multiplier enters with theory's exponent 1, and the run lands at the edge.
     assert rec.edge.predicted_final == pytest.approx(1.0, abs=1e-3)
     assert rec.edge.growth_law is not None and "slower probe" in rec.edge.growth_law

@@ -514,7 +514,7 @@ def _edge_summary(
         predicted_trajectory=Trajectory(epoch=t_pred.tolist(), value=y_pred.tolist()),
         growth_rate_per_epoch=Estimate.model_validate(a_run.to_dict()),
         decay_rate_per_epoch=choice.decay_rate,
-        k=Estimate.model_validate(scaling.k_theory.to_dict()),
+        k=Estimate.model_validate(law.k.to_dict()),
         growth_law=law.description,
         scaling=ScalingFit.model_validate(scaling.to_dict()),
         decay_fit=DecayFit.model_validate(decay.fitted.to_dict()) if decay.fitted else None,
@@ -612,11 +612,13 @@ def _exponent_flags(scaling: fit.ScalingFit, flags: dict[str, bool], warnings: l
 @dataclass(frozen=True)
 class AnswerLaw:
     """The growth law the answer is solved with: (η, α, B) → A per epoch with its interval, how
-    a schedule's multiplier enters it (A ∝ m^a), and what it is, in words."""
+    a schedule's multiplier enters it (A ∝ m^a), what it is in words, and the k of
+    A = k·η/((1−α)B) it stands for (the line the plots draw)."""
 
     predict: Callable[[float, float, float], fit.Estimate]
     rate_exponent: float
     description: str
+    k: fit.Estimate
 
 
 def answer_law(
@@ -646,11 +648,17 @@ def answer_law(
 
     eta = scaling.exponent("eta")
     if theory:
-        return AnswerLaw(fitted, 1.0, "A = k·η/((1−α)B) (theory's exponents; the probes agree)")
+        return AnswerLaw(
+            fitted,
+            1.0,
+            "A = k·η/((1−α)B) (theory's exponents; the probes agree)",
+            scaling.k_theory,
+        )
     chord = AnswerLaw(
         fitted,
         eta.value.value if eta.fitted else 1.0,
         "A = k·η^a·(1/B)^b·(1/(1−α))^c with the fitted exponents, interpolated between the probes",
+        scaling.k_theory,
     )
     if spec.optimizer.type != "sgd" or not eta.fitted or eta.value.value <= 1:
         return chord
@@ -672,6 +680,7 @@ def answer_law(
         1.0,
         "A = k·η/((1−α)B) with k from the slower probe (the probes' η exponent "
         f"{eta.value.value:.2f} > 1 is the faster probe's transient)",
+        through_slow(1.0, 0.0, 1.0),  # A at η/((1−α)B) = 1: k itself
     )
 
 
