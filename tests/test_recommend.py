@@ -221,9 +221,32 @@ def test_a_relu_net_at_kaiming_init_gets_its_best_probe_without_the_word_chaotic
     assert "model.init" in reason  # advice the spec can express
     # A configuration a probe measured (the schedule's peak has the probe's mean rate).
     measured = {p.learning_rate for p in rec.edge.probes}
-    assert any(
-        hp.learning_rate * hp.schedule.mean_multiplier == pytest.approx(m) for m in measured
-    )
+    assert any(hp.learning_rate * hp.schedule.mean_multiplier == pytest.approx(m) for m in measured)
+
+
+def test_the_best_probe_is_judged_after_equal_training_examples(digits: Dataset) -> None:
+    # Probes of one τ differ 4× in examples seen, so their last validation losses compare the
+    # lower rate after 4× the training: judged there, the slower probe won on every seed. The
+    # budget fixes examples, and after as many examples as the shortest probe saw, the probes'
+    # losses (one population evaluates all of them where one ends) rank them the other way.
+    spec = _spec(model={"type": "cnn", "blocks": [{"channels": 16}, {"channels": 16, "pool": 2}]})
+    got: dict[str, ProbeResult] = {}
+    rec = recommend.run(spec, digits, device=CPU, on_probe=lambda p, r: got.setdefault(p.key, r))
+    assert rec is not None and rec.hyperparameters is not None
+    common = min(r.steps_done * r.config.batch_size for r in got.values())
+    at_common = {
+        k: next(x.val_loss for x in r.records if x.step * r.config.batch_size == common)
+        for k, r in got.items()
+    }
+    at_end = {
+        k: [x.val_loss for x in r.records if x.val_loss is not None][-1] for k, r in got.items()
+    }
+    chosen = rec.hyperparameters.learning_rate * rec.hyperparameters.schedule.mean_multiplier
+    best = min(at_common, key=lambda k: at_common[k] or math.inf)
+    assert chosen == pytest.approx(got[best].config.learning_rate)
+    # The case this test is about: the two rules disagree here.
+    assert best != min(at_end, key=lambda k: at_end[k] or math.inf)
+    assert f"after the same {common} training examples" in (rec.validity.reason or "")
 
 
 @pytest.mark.parametrize(
@@ -562,14 +585,33 @@ def test_an_adamw_spec_is_probed_and_answered_with_adamw(digits: Dataset) -> Non
         "eps": 1e-8,
         "weight_decay": hp.weight_decay,
     }
-    # Said to rest on this project's AdamW law, and never ok: the edge-at-the-end criterion lost
-    # to AdamW's default on the paper model (benchmarks/results/adamw_check_cpu.json).
+    # Never ok: the edge-at-the-end criterion lost to AdamW's default on the paper model
+    # (benchmarks/results/adamw_check_cpu.json), so the answer is the better probe, said so.
     assert any("AdamW" in w for w in rec.validity.warnings)
-    assert rec.validity.ok is False and rec.validity.flags["outside_validated_regime"]
+    flags = rec.validity.flags
+    assert rec.validity.ok is False and flags["outside_validated_regime"] and flags["no_criterion"]
+    assert "no_growth_law" not in flags and not flags["extrapolated"]
+    assert "under AdamW no rule says where training should end" in (rec.validity.reason or "")
+    assert rec.verdict is not None and "best trial run" in rec.verdict.message
+    measured = {p.learning_rate for p in rec.edge.probes}
+    assert any(hp.learning_rate * hp.schedule.mean_multiplier == pytest.approx(m) for m in measured)
+    assert hp.weight_decay == 0.0  # the growth probes' (a free decay: none)
     model = torch.nn.Linear(4, 2)
     optimizer, _ = edgetune.build_optimizer(model, rec)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["lr"] == hp.learning_rate
+
+
+def test_an_adamw_answer_keeps_the_decay_the_user_fixed(digits: Dataset) -> None:
+    spec = _spec(optimizer={"type": "adamw", "weight_decay": 0.01})
+    plan = plan_probes(spec, digits)
+    # The probes measure the answer's own decay; no decay twin measures what nothing uses.
+    assert {(p.purpose, p.config.weight_decay) for p in plan} == {("growth", 0.01)}
+    rec = _run(spec, digits)
+    hp = rec.hyperparameters
+    assert hp is not None and rec.validity.flags["no_criterion"]
+    assert hp.weight_decay == 0.01 and hp.torch_adamw_kwargs is not None
+    assert hp.torch_adamw_kwargs.weight_decay == 0.01
 
 
 def test_adamw_takes_no_sgd_momentum() -> None:

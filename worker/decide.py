@@ -54,7 +54,7 @@ from worker.law import (
     predict,
     run_schedule,
 )
-from worker.plan import PlannedProbe
+from worker.plan import PlannedProbe, best_probe_answers
 from worker.probe import ADAMW_BETAS, ADAMW_EPS, ProbeConfig, ProbeResult
 
 # Flags that make a recommendation doubtful (validity.ok false); the others only inform.
@@ -65,9 +65,19 @@ DOUBTFUL = (
     "probe_diverged",
     # No growth law placed the answer: it is the better of the measured probe configurations.
     "no_growth_law",
+    # A growth law was measured but no criterion says where the run should end (AdamW): the
+    # answer is likewise the better of the measured probe configurations.
+    "no_criterion",
     # Beyond what was measured: the answer is an extrapolation, so it cannot be "ok".
     "extrapolated",
     "outside_validated_regime",
+)
+# benchmarks/results/adamw_check_cpu.json and adamw_optimum_cpu.json.
+ADAMW_NO_CRITERION = (
+    "under AdamW no rule says where training should end: steered to reach the edge at the end "
+    "of the budget, the paper model trained worse than AdamW's default at 20 epochs, the best "
+    "AdamW runs of four cases ended anywhere from J 0.8 to 2.5, and the growth law AdamW follows "
+    "(J² ∝ η^1.5 on the paper model) cannot place a run without such a rule"
 )
 # Below this the hidden layers pass (almost) no signal: nothing to measure a growth law on.
 DEAD_ORDER = 1e-6
@@ -706,6 +716,10 @@ def decide(
     y0 = float(np.median(y0s))
     if y0 >= EDGE or at_the_boundary_by_design(spec):
         return _past_the_edge(spec, growths, kind, y0, warnings, train_size)
+    if best_probe_answers(spec):
+        return _best_measured(
+            spec, growths, kind, y0, ADAMW_NO_CRITERION, warnings, train_size, criterion=True
+        )
     usable = [g for g in growths if g.growth is not None and g.growth.A.value > 0]
     if not usable:
         reason = "no probe showed measurable growth of the order parameter in the ordered phase"
@@ -792,6 +806,30 @@ def _final_val_loss(g: MeasuredGrowth) -> float:
     return losses[-1] if losses and g.result.outcome == "completed" else math.inf
 
 
+def _val_loss_at(g: MeasuredGrowth, samples: int) -> float | None:
+    """The probe's validation loss after `samples` training examples, where it was evaluated."""
+    batch = g.probe.config.batch_size
+    at = [r.val_loss for r in g.result.records if r.step * batch == samples and r.val_loss]
+    return at[-1] if at else None
+
+
+def _losses_at_equal_samples(ran: list[MeasuredGrowth]) -> tuple[list[float], int | None]:
+    """Each probe's validation loss after as many training examples as the shortest one saw.
+
+    The budget fixes examples, not τ: at equal τ the slower probe has seen 4× the examples of
+    the faster one, so the comparison chooses the lower rate by construction (on digits the
+    CNN's probes ranked 10 of 10 seeds the other way round at equal examples, and the faster
+    one's answer trained 0.46 points better, benchmarks/results/best_probe_choice_cpu.json).
+    A population evaluates every live member where one of them ends, so this costs nothing.
+    Short horizons favour lower rates if anything (Wu et al. 1803.02021). Where a probe holds
+    no evaluation at that point (a different population), each probe's last loss is used."""
+    common = min(g.result.steps_done * g.probe.config.batch_size for g in ran)
+    at = [_val_loss_at(g, common) for g in ran]
+    if all(v is not None for v in at):
+        return [float(v) for v in at if v is not None], common
+    return [_final_val_loss(g) for g in ran], None
+
+
 def _best_measured(
     spec: RecommendationSpec,
     growths: list[MeasuredGrowth],
@@ -800,15 +838,22 @@ def _best_measured(
     reason: str,
     warnings: list[str],
     train_size: int,
+    *,
+    criterion: bool = False,
 ) -> Decision:
-    """No growth law places the run: the best-supported configuration is the measured probe with
-    the lowest validation loss at its end (every probe ran the same τ, so they compare fairly;
-    ties and missing validation go to the lower rate, farther from the stability limit). Never an
-    extrapolation, never ok, and the reason says why."""
+    """No growth law places the run, or (`criterion`) one was measured but nothing says where the
+    run should end: the best-supported configuration is the measured probe with the lowest
+    validation loss after the same number of training examples (ties and missing validation go
+    to the lower rate, farther from the stability limit). Never an extrapolation, never ok, and
+    the reason says why."""
     ran = [g for g in growths if g.result.outcome == "completed"]
     if not ran:
         return _no_recommendation(reason, kind, warnings)
-    best = min(ran, key=lambda g: (_final_val_loss(g), _rate(g.probe.config)))
+    losses, samples = _losses_at_equal_samples(ran)
+    loss, _, best = min(
+        ((v, _rate(g.probe.config), g) for v, g in zip(losses, ran, strict=True)),
+        key=lambda t: (t[0], t[1]),
+    )
     cfg = best.probe.config
     schedule, warmup = run_schedule(spec)
     # Under a schedule, the peak whose mean rate is the probe's (the same integral of the rate).
@@ -825,14 +870,22 @@ def _best_measured(
         schedule,
         warmup,
     )
-    loss = _final_val_loss(best)
-    said = (
-        f"{reason}. No growth law places this run (when it reaches the edge cannot be "
-        "predicted), so the recommendation is the measured probe "
-        f"configuration {best.probe.key} (η = {cfg.learning_rate:.3g}) with the lowest "
-        + (f"validation loss ({loss:.3g})" if math.isfinite(loss) else "rate")
-        + " after the same training time τ as the others"
+    when = (
+        f" after the same {samples} training examples as the others"
+        if samples is not None
+        else " at the end of its probe"
     )
+    why = (
+        ""
+        if criterion
+        else ". No growth law places this run (when it reaches the edge cannot be predicted)"
+    )
+    said = (
+        f"{reason}{why}, so the recommendation is the measured probe "
+        f"configuration {best.probe.key} (η = {cfg.learning_rate:.3g}) with the lowest "
+        + (f"validation loss ({loss:.3g}){when}" if math.isfinite(loss) else "rate")
+    )
+    regime = _validated_regime(spec, kind)
     recommendation = Recommendation(
         hyperparameters=_hyperparameters(choice, train_size, spec.optimizer),
         edge=EdgeSummary(
@@ -844,13 +897,13 @@ def _best_measured(
             ok=False,
             reason=said,
             flags={
-                "no_growth_law": True,
-                "edge_unreachable": True,
+                "no_criterion" if criterion else "no_growth_law": True,
+                "edge_unreachable": not criterion,
                 "extrapolated": False,  # a configuration a probe measured
-                "outside_validated_regime": _validated_regime(spec, kind) is not None,
+                "outside_validated_regime": regime is not None,
                 "probe_diverged": len(ran) < len(growths),
             },
-            warnings=[said, *warnings],
+            warnings=[said, *warnings, *([regime] if regime else [])],
         ),
     )
     # Verifiable like any answer: the prediction is "no growth" from y0, which says as much.

@@ -152,6 +152,12 @@ def _equal_tau_epochs(spec: RecommendationSpec, rates: list[float]) -> list[floa
     return [min(MAX_PROBE_EPOCHS, tau / r) for r in rates]
 
 
+def best_probe_answers(spec: RecommendationSpec) -> bool:
+    """AdamW with a free learning rate: its growth law is measured, but no criterion says where
+    its run should end (docs/science.md §8), so the answer is the better probe."""
+    return spec.optimizer.type == "adamw" and spec.optimizer.learning_rate is None
+
+
 def plan_probes(spec: RecommendationSpec, dataset: Dataset) -> list[PlannedProbe]:
     """A few short probes, run as populations, that measure the growth law (and the decay rate
     of a user-fixed decay)."""
@@ -160,9 +166,14 @@ def plan_probes(spec: RecommendationSpec, dataset: Dataset) -> list[PlannedProbe
     growth = _growth_knobs(spec, batch0, dataset.train_size)
     big_batch = _big_batch_knobs(spec, dataset, growth, batch0)
     decay = _decay_knobs(spec, dataset, growth)
+    growth_decay = 0.0
+    if best_probe_answers(spec):
+        # The answer is the better probe (no criterion places an AdamW run): the probes run at
+        # the decay the user fixed, and no decay twin measures an equilibrium nothing uses.
+        growth_decay, decay = spec.optimizer.weight_decay or 0.0, []
 
     rows: list[tuple[int, float, float, int, float, Purpose]] = [
-        *((0, eta, alpha, batch, 0.0, "growth") for eta, alpha, batch in growth),
+        *((0, eta, alpha, batch, growth_decay, "growth") for eta, alpha, batch in growth),
         *((0, eta, alpha, batch, wd, "decay") for eta, alpha, batch, wd in decay),
         *((1, eta, alpha, batch, 0.0, "growth") for eta, alpha, batch in big_batch),
     ]

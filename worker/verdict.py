@@ -27,6 +27,12 @@ CARE: tuple[tuple[str, str], ...] = (
         "best trial run, not a prediction; compare them with your usual settings",
     ),
     (
+        "no_criterion",
+        "no rule for where training should end is validated for this optimizer, so these are "
+        "the settings of the best trial run, not a prediction; compare them with your usual "
+        "settings",
+    ),
+    (
         "edge_unreachable",
         "with the settings you fixed, training does not reach its best regime within the epoch "
         "budget; free the learning rate or raise budget.epochs",
