@@ -50,6 +50,7 @@ CASES = (
     "fmnist-paper-20ep",
     "fmnist-paper-3ep-10k",
     "fmnist-relu-512x2-10ep",
+    "fmnist-gelu-256x2-10ep-20k",
     "mnist-tanh-512x2-10ep",
     "digits-mlp64-10ep",
 )

@@ -172,6 +172,21 @@ CASES: tuple[Case, ...] = (
         cpu_minutes=15,
     ),
     Case(
+        "fmnist-gelu-256x2-10ep-20k",
+        "784-256-256 GELU MLP, biases, PyTorch default init, Fashion-MNIST 20k subset, B 32, "
+        "10 epochs",
+        MLPSpec(
+            hidden=[256, 256],
+            activation="gelu",
+            hidden_bias=True,
+            init=InitSpec(scheme="torch-default"),
+        ),
+        DatasetSpec(name="fashion-mnist", max_train_samples=20_000),
+        32,
+        10,
+        cpu_minutes=6,
+    ),
+    Case(
         "fmnist-cnn-small-5ep",
         "CNN conv16-pool2-conv32-pool2 (ReLU, Kaiming), Fashion-MNIST 20k subset, B 64, 5 epochs",
         CNNSpec(blocks=[ConvBlockSpec(channels=16, pool=2), ConvBlockSpec(channels=32, pool=2)]),
