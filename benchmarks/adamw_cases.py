@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,17 +28,13 @@ from benchmarks.recommend_fmnist import timed_engine_run
 from benchmarks.suite import (
     REGISTRY,
     case_spec,
-    provenance,
-    read_json,
+    case_study,
     recommended_configs,
-    study_arguments,
     train_and_read,
-    write_json,
 )
-from worker.data import load_dataset
-from worker.probe import ProbeConfig, pick_device
+from worker.data import Dataset
+from worker.probe import ProbeConfig
 
-RESULTS = Path(__file__).parent / "results"
 CASES = (
     "fmnist-paper-3ep-10k",
     "digits-mlp64-10ep",
@@ -62,9 +57,10 @@ def _summary(reads: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_case(name: str, data_root: Path, device: torch.device) -> dict[str, Any]:
+def run_case(
+    name: str, data: Dataset, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
     case = REGISTRY[name]
-    data = load_dataset(case.dataset, [data_root], 0).to(device)
     spec = case_spec(case).model_copy(update={"optimizer": OptimizerSpec(type="adamw")})
     engine = timed_engine_run(spec, data, device)
     rec = engine.recommendation.model_dump(mode="json")
@@ -99,34 +95,27 @@ def run_case(name: str, data_root: Path, device: torch.device) -> dict[str, Any]
     }
 
 
+def show(name: str, c: dict[str, Any]) -> None:
+    if "recommended" not in c:
+        print(f"{name}: no answer ({c['recommendation']['validity']['reason']})")
+        return
+    ours, dflt, best = c["recommended"], c["default"], c["grid_best"]
+    hyper = c["recommendation"]["hyperparameters"]
+    print(
+        f"{name}: answer peak {hyper['learning_rate']:.3g} ({hyper['schedule']['name']}, "
+        f"wd {hyper['weight_decay']:g}) {ours['test_accuracy_mean']:.4f} ± "
+        f"{ours['test_accuracy_std']:.4f}; default {dflt['test_accuracy_mean']:.4f} ± "
+        f"{dflt['test_accuracy_std']:.4f}; grid best (lr {best['learning_rate']:g}) "
+        f"{best['test_accuracy']:.4f}; probes {c['probe_full_runs']:.3f} runs",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated suite cases")
-    args = study_arguments(parser).parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = pick_device()
-    out = args.out or RESULTS / f"adamw_cases_{device.type}.json"
-    report = read_json(out) or {"benchmark": "adamw_cases", "cases": {}}
-    for name in args.cases.split(","):
-        c = report["cases"][name] = run_case(name, args.data_root, device)
-        report["provenance"] = provenance(device, argv, "benchmarks/adamw_cases.py")
-        write_json(out, report)
-        if "recommended" not in c:
-            print(f"{name}: no answer ({c['recommendation']['validity']['reason']})")
-            continue
-        ours, dflt, best = c["recommended"], c["default"], c["grid_best"]
-        hyper = c["recommendation"]["hyperparameters"]
-        print(
-            f"{name}: answer peak {hyper['learning_rate']:.3g} ({hyper['schedule']['name']}, "
-            f"wd {hyper['weight_decay']:g}) {ours['test_accuracy_mean']:.4f} ± "
-            f"{ours['test_accuracy_std']:.4f}; default {dflt['test_accuracy_mean']:.4f} ± "
-            f"{dflt['test_accuracy_std']:.4f}; grid best (lr {best['learning_rate']:g}) "
-            f"{best['test_accuracy']:.4f}; probes {c['probe_full_runs']:.3f} runs",
-            flush=True,
-        )
-    print(f"wrote {out}")
-    return 0
+    return case_study(
+        argv, doc=__doc__ or "", benchmark="adamw_cases", cases=CASES, run=run_case, show=show
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ A claim about these two cases only.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import statistics
 import sys
@@ -29,18 +28,16 @@ from benchmarks.suite import (
     OUT_DIR,
     REGISTRY,
     case_spec,
+    case_study,
     default_summary,
-    provenance,
     read_json,
     recommended_configs,
-    study_arguments,
     train_and_read,
-    write_json,
 )
-from worker.data import Dataset, load_dataset
+from worker.data import Dataset
 from worker.law import order_series
 from worker.plan import plan_probes
-from worker.probe import ProbeConfig, pick_device, run_population
+from worker.probe import ProbeConfig, run_population
 
 RESULTS = Path(__file__).parent / "results"
 CASES = ("digits-cnn-10ep", "fmnist-cnn-small-5ep")
@@ -78,7 +75,7 @@ def chi_at_step_0(name: str, data: Dataset, device: torch.device) -> dict[str, A
     }
 
 
-def run_case(name: str, data_root: Path, device: torch.device) -> dict[str, Any]:
+def run_case(name: str, data: Dataset, device: torch.device) -> dict[str, Any]:
     case = REGISTRY[name]
     stored = read_json(OUT_DIR / name / "recommend.json")
     default = read_json(OUT_DIR / (case.runs_from or name) / "default.json")
@@ -86,7 +83,6 @@ def run_case(name: str, data_root: Path, device: torch.device) -> dict[str, Any]
         raise SystemExit(f"{name}: run benchmarks/suite.py --cases {name} first")
     answer = stored["engine"]["recommendation"]
     hyper = answer["hyperparameters"]
-    data = load_dataset(case.dataset, [data_root], 0).to(device)
     mean = hyper["schedule"]["mean_multiplier"]
     options = {}
     for probe in answer["edge"]["probes"]:
@@ -115,33 +111,31 @@ def run_case(name: str, data_root: Path, device: torch.device) -> dict[str, Any]
     }
 
 
+def show(name: str, c: dict[str, Any]) -> None:
+    d, chi = c["default"], c["chi_at_step_0"]
+    print(
+        f"{name}: χ at step 0 {chi['mean']:.3f} ± {chi['sd']:.3f} (median ≥ 1 in "
+        f"{chi['seeds_whose_median_is_at_least_1']}/{SEEDS_AT_STEP_0} seeds); answers over "
+        f"seeds {c['answers_over_seeds']}; the default {d['test_accuracy_mean']:.4f} ± "
+        f"{d['test_accuracy_std']:.4f}"
+    )
+    for key, o in c["options"].items():
+        print(
+            f"  {key}: peak {o['peak_learning_rate']:.4g}  test {o['test_accuracy_mean']:.4f}"
+            f" ± {o['test_accuracy_std']:.4f}  val {o['val_accuracy_mean']:.4f}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated suite cases")
-    args = study_arguments(parser).parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = pick_device()
-    out = args.out or RESULTS / f"best_probe_choice_{device.type}.json"
-    report = read_json(out) or {"benchmark": "best_probe_choice", "cases": {}}
-    for name in args.cases.split(","):
-        c = report["cases"][name] = run_case(name, args.data_root, device)
-        report["provenance"] = provenance(device, argv, "benchmarks/best_probe_choice.py")
-        write_json(out, report)
-        d, chi = c["default"], c["chi_at_step_0"]
-        print(
-            f"{name}: χ at step 0 {chi['mean']:.3f} ± {chi['sd']:.3f} (median ≥ 1 in "
-            f"{chi['seeds_whose_median_is_at_least_1']}/{SEEDS_AT_STEP_0} seeds); answers over "
-            f"seeds {c['answers_over_seeds']}; the default {d['test_accuracy_mean']:.4f} ± "
-            f"{d['test_accuracy_std']:.4f}"
-        )
-        for key, o in c["options"].items():
-            print(
-                f"  {key}: peak {o['peak_learning_rate']:.4g}  test {o['test_accuracy_mean']:.4f}"
-                f" ± {o['test_accuracy_std']:.4f}  val {o['val_accuracy_mean']:.4f}"
-            )
-    print(f"wrote {out}")
-    return 0
+    return case_study(
+        argv,
+        doc=__doc__ or "",
+        benchmark="best_probe_choice",
+        cases=CASES,
+        run=lambda name, data, _args, device: run_case(name, data, device),
+        show=show,
+    )
 
 
 if __name__ == "__main__":

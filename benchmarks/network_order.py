@@ -17,12 +17,10 @@ revision and machine. A claim about these networks and data only.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,25 +31,21 @@ from benchmarks.suite import (
     OUT_DIR,
     REGISTRY,
     calling_population,
+    case_study,
     epoch_steps,
-    provenance,
     read_json,
-    study_arguments,
-    write_json,
 )
 from worker import fit
-from worker.data import Dataset, load_dataset
+from worker.data import Dataset
 from worker.order import network_apjn, random_unit_vectors
 from worker.probe import (
     ProbeConfig,
     ProbeProgress,
     ProbeResult,
     init_model,
-    pick_device,
     run_population,
 )
 
-RESULTS = Path(__file__).parent / "results"
 CASES = ("fmnist-resnet18-3ep", "fmnist-cnn-small-5ep")
 MOMENTUM = 0.9
 READS = 12
@@ -156,7 +150,7 @@ def _run_summary(
                 "train_loss": final.train_loss,
             }
         )
-    growth = None
+    growth: dict[str, Any] | None = None
     t, y = [p["epoch"] for p in points], [p["network_apjn"] for p in points]
     try:
         g = fit.fit_growth(t, y, t_min=fit.transient_end(t, y), edge=None)
@@ -225,21 +219,14 @@ def print_case(name: str, c: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated suite cases")
-    args = study_arguments(parser).parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = pick_device()
-    out = args.out or RESULTS / f"network_order_{device.type}.json"
-    report = read_json(out) or {"benchmark": "network_order", "cases": {}}
-    for name in args.cases.split(","):
-        data = load_dataset(REGISTRY[name].dataset, [args.data_root], 0).to(device)
-        report["cases"][name] = run_case(name, data, device)
-        report["provenance"] = provenance(device, argv, "benchmarks/network_order.py")
-        write_json(out, report)  # after each case: a long run keeps what it measured
-        print_case(name, report["cases"][name])
-    print(f"wrote {out}")
-    return 0
+    return case_study(
+        argv,
+        doc=__doc__ or "",
+        benchmark="network_order",
+        cases=CASES,
+        run=lambda name, data, _args, device: run_case(name, data, device),
+        show=print_case,
+    )
 
 
 if __name__ == "__main__":

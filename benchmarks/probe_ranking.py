@@ -19,25 +19,16 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.suite import (
-    REGISTRY,
-    case_spec,
-    provenance,
-    read_json,
-    study_arguments,
-    write_json,
-)
+from benchmarks.suite import REGISTRY, case_spec, case_study
 from worker import recommend
-from worker.data import load_dataset
+from worker.data import Dataset
 from worker.plan import PlannedProbe
-from worker.probe import ProbeResult, pick_device
+from worker.probe import ProbeResult
 
-RESULTS = Path(__file__).parent / "results"
 CASES = ("digits-cnn-10ep", "fmnist-cnn-small-5ep")
 
 
@@ -80,36 +71,39 @@ def run_seed(name: str, seed: int, data: Any, device: torch.device) -> dict[str,
     }
 
 
+def run_case(
+    name: str, data: Dataset, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
+    rows = []
+    for seed in range(args.seeds):
+        rows.append(row := run_seed(name, seed, data, device))
+        print(
+            f"{name} seed {seed}: equal examples picks {row['pick_at_equal_examples']:.3g}, "
+            f"equal τ {row['pick_at_equal_tau']:.3g}; answer {row['answer_mean_rate']:.3g}",
+            flush=True,
+        )
+    tally = {
+        rule: dict(collections.Counter(f"{r[f'pick_at_{rule}']:.3g}" for r in rows))
+        for rule in ("equal_examples", "equal_tau")
+    }
+    return {"about": REGISTRY[name].about, "picks": tally, "seeds": rows}
+
+
+def seeds_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seeds", type=int, default=10, help="engine runs per case")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated suite cases")
-    parser.add_argument("--seeds", type=int, default=10)
-    args = study_arguments(parser).parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = pick_device()
-    out = args.out or RESULTS / f"probe_ranking_{device.type}.json"
-    report = read_json(out) or {"benchmark": "probe_ranking", "cases": {}}
-    for name in args.cases.split(","):
-        data = load_dataset(REGISTRY[name].dataset, [args.data_root], 0).to(device)
-        rows = []
-        for seed in range(args.seeds):
-            rows.append(row := run_seed(name, seed, data, device))
-            print(
-                f"{name} seed {seed}: equal examples picks {row['pick_at_equal_examples']:.3g}, "
-                f"equal τ {row['pick_at_equal_tau']:.3g}; answer {row['answer_mean_rate']:.3g}",
-                flush=True,
-            )
-        tally = {
-            rule: dict(collections.Counter(f"{r[f'pick_at_{rule}']:.3g}" for r in rows))
-            for rule in ("equal_examples", "equal_tau")
-        }
-        report["cases"][name] = {"about": REGISTRY[name].about, "picks": tally, "seeds": rows}
-        report["provenance"] = provenance(device, argv, "benchmarks/probe_ranking.py")
-        write_json(out, report)
-        print(f"{name}: {tally}")
-    print(f"wrote {out}")
-    return 0
+    return case_study(
+        argv,
+        doc=__doc__ or "",
+        benchmark="probe_ranking",
+        cases=CASES,
+        run=run_case,
+        show=lambda name, c: print(f"{name}: {c['picks']}"),
+        options=seeds_option,
+    )
 
 
 if __name__ == "__main__":

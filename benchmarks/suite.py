@@ -78,7 +78,14 @@ from app.schemas import (
 )
 from benchmarks.recommend_fmnist import accuracy, machine, run_units, timed_engine_run
 from worker.data import Dataset, load_dataset
-from worker.probe import ProbeConfig, ProbeProgress, ProbeResult, device_name, run_population
+from worker.probe import (
+    ProbeConfig,
+    ProbeProgress,
+    ProbeResult,
+    device_name,
+    pick_device,
+    run_population,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "benchmarks/results/suite"
@@ -304,6 +311,42 @@ def study_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/")
     return parser
+
+
+CaseRun = Callable[[str, Dataset, argparse.Namespace, torch.device], dict[str, Any]]
+
+
+def case_study(
+    argv: list[str],
+    *,
+    doc: str,
+    benchmark: str,
+    cases: tuple[str, ...],
+    run: CaseRun,
+    show: Callable[[str, dict[str, Any]], None],
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """The loop of a study over suite cases: --cases and the shared options (plus `options`);
+    per case, `run(name, its dataset, args, device)` and `show(name, result)`. The report,
+    benchmarks/results/<benchmark>_<device>.json, is written after each case (a long study keeps
+    what it measured) and keeps the cases of earlier runs it did not redo."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(cases), help="comma-separated suite cases")
+    if options is not None:
+        options(parser)
+    args = study_arguments(parser).parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = pick_device()
+    out = args.out or REPO / "benchmarks/results" / f"{benchmark}_{device.type}.json"
+    report = read_json(out) or {"benchmark": benchmark, "cases": {}}
+    for name in args.cases.split(","):
+        data = load_dataset(REGISTRY[name].dataset, [args.data_root], 0).to(device)
+        report["cases"][name] = run(name, data, args, device)
+        report["provenance"] = provenance(device, argv, f"benchmarks/{benchmark}.py")
+        write_json(out, report)
+        show(name, report["cases"][name])
+    print(f"wrote {out}")
+    return 0
 
 
 def provenance(
