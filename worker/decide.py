@@ -809,7 +809,9 @@ def _final_val_loss(g: MeasuredGrowth) -> float:
 def _val_loss_at(g: MeasuredGrowth, samples: int) -> float | None:
     """The probe's validation loss after `samples` training examples, where it was evaluated."""
     batch = g.probe.config.batch_size
-    at = [r.val_loss for r in g.result.records if r.step * batch == samples and r.val_loss]
+    at = [
+        r.val_loss for r in g.result.records if r.step * batch == samples and r.val_loss is not None
+    ]
     return at[-1] if at else None
 
 
@@ -850,10 +852,8 @@ def _best_measured(
     if not ran:
         return _no_recommendation(reason, kind, warnings)
     losses, samples = _losses_at_equal_samples(ran)
-    loss, _, best = min(
-        ((v, _rate(g.probe.config), g) for v, g in zip(losses, ran, strict=True)),
-        key=lambda t: (t[0], t[1]),
-    )
+    i = min(range(len(ran)), key=lambda i: (losses[i], _rate(ran[i].probe.config)))
+    loss, best = losses[i], ran[i]
     cfg = best.probe.config
     schedule, warmup = run_schedule(spec)
     # Under a schedule, the peak whose mean rate is the probe's (the same integral of the rate).
